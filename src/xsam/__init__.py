@@ -1,0 +1,32 @@
+"""xsam-torch: X-SAM (From Segment Anything to Any Segmentation) in plain PyTorch.
+
+Importing ``xsam`` is cheap: the heavy modules (torch, transformers) load on first use of
+``XSamModel`` or ``XSamConfig``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["XSamConfig", "XSamModel", "__version__", "load_tokenizer"]
+
+if TYPE_CHECKING:
+    from .config import XSamConfig
+    from .modeling.xsam import XSamModel
+    from .tokenizer import load_tokenizer
+
+_LAZY = {
+    "XSamConfig": ("xsam.config", "XSamConfig"),
+    "XSamModel": ("xsam.modeling.xsam", "XSamModel"),
+    "load_tokenizer": ("xsam.tokenizer", "load_tokenizer"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'xsam' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Data side of X-SAM: image, mask and visual-prompt transforms."""

@@ -1,0 +1,1 @@
+"""The X-SAM network, one module per component; :class:`XSamModel` composes them."""

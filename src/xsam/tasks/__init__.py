@@ -1,0 +1,1 @@
+"""Task-level code outside the network: prompt formatting, targets and post-processing."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny random model and the bundled tokenizer (built once per session)."""
+
+import pytest
+import torch
+
+from xsam.config import XSamConfig
+from xsam.modeling.xsam import XSamModel
+from xsam.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    torch.manual_seed(0)
+    return XSamModel(XSamConfig.tiny()).eval()
+
+
+@pytest.fixture
+def tiny_images():
+    generator = torch.Generator().manual_seed(1)
+    config = XSamConfig.tiny()
+    siglip = config.image_encoder.image_size
+    sam = config.segmentation_encoder.image_size
+    return torch.randn(2, 3, siglip, siglip, generator=generator), torch.randn(
+        2, 3, sam, sam, generator=generator
+    )
