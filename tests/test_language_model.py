@@ -90,8 +90,12 @@ def test_generation_collects_states_that_match_a_teacher_forced_pass(tiny_model,
     torch.testing.assert_close(
         forced.segmentation.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
     )
-    torch.testing.assert_close(forced.segmentation.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(forced.segmentation.mask_logits, segmentation.mask_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        forced.segmentation.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        forced.segmentation.mask_logits, segmentation.mask_logits, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_generation_stops_at_max_new_tokens(tiny_model, tokenizer):

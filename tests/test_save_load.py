@@ -103,7 +103,7 @@ def test_failed_save_leaves_the_target_untouched(model, tmp_path):
 
 
 def test_not_a_model_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         XSamModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 3}))
     with pytest.raises(ValueError, match="not an xsam-torch config"):

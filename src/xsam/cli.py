@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = describe.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="DIR", help="a save_pretrained directory")
     source.add_argument(
-        "--preset", choices=["official", "tiny"], default="official", help="a config preset (default: official)"
+        "--preset",
+        choices=["official", "tiny"],
+        default="official",
+        help="a config preset (default: official)",
     )
     describe.set_defaults(handler=_describe)
     return parser
