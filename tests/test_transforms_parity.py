@@ -7,52 +7,39 @@ tests run on any fixture set of that layout. Photos are rebuilt from each fixtur
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import re
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from parity_support import (
+    AVAILABLE,
+    PARITY_DIR,
+    SKIP_REASON,
+    fixture_names,
+    jpeg_round_trip,
+    load,
+    parse_index,
+    photo,
+    photo_from_recipe,
+)
 from xsam.config import ImageEncoderConfig, SegmentationEncoderConfig
 from xsam.data.transforms import preprocess_masks, preprocess_sam, siglip_pixels_uint8
 
-pytestmark = pytest.mark.parity
-
-PARITY_DIR = Path(
-    os.environ.get("XSAM_PARITY_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "parity")
-)
-if not (PARITY_DIR / "component_configs.json").is_file():
-    pytest.skip(f"parity fixtures not found in {PARITY_DIR} (set XSAM_PARITY_DIR)", allow_module_level=True)
-
-safetensors_torch = pytest.importorskip("safetensors.torch")
+pytestmark = [pytest.mark.parity, pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)]
 
 SUM_ATOL = 1e-4
 """Row/column sums of the SAM input: 1024 terms of magnitude ~2, summed in float64 on our side."""
 
-
-def _fixture_names(pattern: str, required_tensor: str) -> list[str]:
-    names = []
-    for path in sorted(PARITY_DIR.glob(pattern)):
-        if required_tensor in json.loads(path.read_text())["tensors"]:
-            names.append(path.stem)
-    return names
-
-
-VISION_FIXTURES = _fixture_names("vision_*.json", "siglip_pixel_values_uint8")
-PROMPT_FIXTURES = _fixture_names("task_*.json", "vprompt_masks_orig_nonzero")
-TRAIN_FIXTURES = _fixture_names("train_*.json", "gt_masks_orig_packbits")
-
-
-def _load(name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    meta = json.loads((PARITY_DIR / f"{name}.json").read_text())
-    return meta, safetensors_torch.load_file(str(PARITY_DIR / f"{name}.safetensors"))
+VISION_FIXTURES = fixture_names("vision_*.json", "siglip_pixel_values_uint8")
+PROMPT_FIXTURES = fixture_names("task_*.json", "vprompt_masks_orig_nonzero")
+TRAIN_FIXTURES = fixture_names("train_*.json", "gt_masks_orig_packbits")
+_load = load
+_photo = photo
+_jpeg_round_trip = jpeg_round_trip
+_parse_index = parse_index
+_photo_from_recipe = photo_from_recipe
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -79,75 +66,6 @@ def _preprocessor_configs() -> tuple[ImageEncoderConfig, SegmentationEncoderConf
         resample=sam["resample"],
     )
     return image_config, segmentation_config
-
-
-# ------------------------------------------------------------------------------------------ photos
-_RECIPE = re.compile(r"^skimage\.data\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\(\)(?P<index>\[[^\]]*\])?(?:\s|$)")
-_SLICE_PART = re.compile(r"^(-?\d+)?(?::(-?\d+)?(?::(-?\d+)?)?)?$")
-
-
-def _parse_index(text: str) -> tuple[int | slice, ...]:
-    """``"[:, 80:440]"`` -> ``(slice(None), slice(80, 440))``; only integers and colons are allowed."""
-    parts = []
-    for part in text[1:-1].split(","):
-        match = _SLICE_PART.match(part.strip())
-        if match is None:
-            raise ValueError(f"unsupported index {part!r} in photo recipe")
-        if ":" not in part:
-            if not part.strip():
-                raise ValueError(f"empty index in photo recipe {text!r}")
-            parts.append(int(part))
-            continue
-        parts.append(slice(*(None if group is None else int(group) for group in match.groups())))
-    return tuple(parts)
-
-
-def _photo_from_recipe(recipe: str) -> np.ndarray:
-    """Rebuild an ``(H, W, 3)`` uint8 photo from e.g. ``"skimage.data.astronaut()[:, 80:440] (...)"``."""
-    match = _RECIPE.match(recipe)
-    if match is None:
-        raise ValueError(f"cannot parse photo recipe {recipe!r}")
-    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image rebuilds the fixture photos")
-    loader = getattr(skimage_data, match["name"], None)
-    if not callable(loader):
-        raise ValueError(f"skimage.data has no photo loader {match['name']!r}")
-    photo = loader()
-    if match["index"]:
-        photo = photo[_parse_index(match["index"])]
-    return np.ascontiguousarray(photo)
-
-
-def _recipes_by_image() -> dict[str, dict[str, Any]]:
-    recipes = {}
-    for name in VISION_FIXTURES:
-        meta = json.loads((PARITY_DIR / f"{name}.json").read_text())
-        recipes[meta["image"]] = meta
-    return recipes
-
-
-def _photo(image: str) -> np.ndarray:
-    meta = _recipes_by_image()[image]
-    photo = _photo_from_recipe(meta["photo_recipe"])
-    assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3
-    digest = hashlib.sha256(photo.tobytes()).hexdigest()
-    assert digest == meta["photo_sha256_of_rgb_bytes"], (
-        f"{image}: rebuilt photo differs (scikit-image version?)"
-    )
-    return photo
-
-
-def _jpeg_round_trip(photo: np.ndarray) -> np.ndarray:
-    """The photo as the official training datasets read it back from disk.
-
-    Observed, not documented with the fixtures: the ``train_*`` inputs are reproduced bit for bit only
-    after saving the photo as a quality-100 JPEG with PIL's default 4:2:0 chroma subsampling (the
-    training datasets open image files; the evaluation fixtures were fed the array directly).
-    """
-    buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, format="JPEG", quality=100, subsampling=2)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB"))
 
 
 def test_recipe_parser():
