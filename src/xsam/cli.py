@@ -38,6 +38,27 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from .convert.official import ConversionError, convert_checkpoint
+
+    try:
+        result = convert_checkpoint(
+            args.checkpoint,
+            args.out,
+            inits=args.inits,
+            component_configs=args.component_configs,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+        )
+    except (ConversionError, FileNotFoundError, ValueError) as error:
+        print(f"xsam convert: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(result.state)} tensors")
+    if result.missing_modules:
+        print(f"partial checkpoint: modules left to initialise: {', '.join(result.missing_modules)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsam",
@@ -58,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="a config preset (default: official)",
     )
     describe.set_defaults(handler=_describe)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a released X-SAM checkpoint (pytorch_model.bin) to an xsam-torch directory",
+        description=(
+            "Convert an official X-SAM pytorch_model.bin (stage 1, 2 or 3) into a directory that "
+            "XSamModel.from_pretrained loads. The file is read with weights_only=True and mmap."
+        ),
+    )
+    convert.add_argument("--checkpoint", required=True, metavar="PATH", help="official pytorch_model.bin")
+    configs = convert.add_mutually_exclusive_group()
+    configs.add_argument("--inits", metavar="DIR", help="official inits/ folder with the component configs")
+    configs.add_argument("--component-configs", metavar="JSON", help="one JSON holding the component configs")
+    convert.add_argument("--tokenizer", metavar="DIR", help="Phi-3 tokenizer folder (default: bundled copy)")
+    convert.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    convert.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: as stored)")
+    convert.set_defaults(handler=_convert)
     return parser
 
 

@@ -172,12 +172,15 @@ class XSamModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
         strict: bool = True,
+        allow_missing: bool = False,
     ) -> XSamModel:
         """Load a :meth:`save_pretrained` directory.
 
         The model is built on the meta device and the weights are assigned as they are read, so memory
-        holds one copy. ``dtype`` casts floating weights (default: as stored). Missing keys always
-        raise; unexpected keys raise unless ``strict=False``. The tokenizer is attached when present.
+        holds one copy. ``dtype`` casts floating weights (default: as stored). Missing keys raise unless
+        ``allow_missing`` (e.g. a converted stage-1 or stage-2 checkpoint used to initialise training:
+        the absent modules keep their random initialisation); unexpected keys raise unless
+        ``strict=False``. The tokenizer is attached when present.
         """
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
@@ -187,14 +190,24 @@ class XSamModel(nn.Module):
         if data.pop(FORMAT_KEY, None) != FORMAT_VERSION:
             raise ValueError(f"{config_path} is not an xsam-torch config (format {FORMAT_VERSION} expected)")
         config = XSamConfig.from_dict(data)
-        with init_empty_weights(include_buffers=False):
+        if allow_missing:
             model = cls(config)
+        else:
+            with init_empty_weights(include_buffers=False):
+                model = cls(config)
         aliases = tied_aliases(model)
         expected = set(model.state_dict()) - set(aliases)
         state = dict(iter_tensors(weight_files(directory), dtype=dtype, device=device))
-        check_keys(expected, set(state), strict=strict, source=str(directory))
-        assign_state(model, {k: v for k, v in state.items() if k in expected}, aliases)
+        present = expected if not allow_missing else expected & set(state)
+        check_keys(present, set(state), strict=strict, source=str(directory))
+        state = {k: v for k, v in state.items() if k in expected}
+        if allow_missing:
+            model.load_state_dict(state, strict=False)
+        else:
+            assign_state(model, state, aliases)
         model.to(device)
+        if allow_missing and dtype is not None:
+            model.to(dtype)
         if (directory / "tokenizer_config.json").is_file():
             from ..tokenizer import load_tokenizer
 

@@ -1,0 +1,305 @@
+"""Numeric parity with the official implementation, stage by stage, through the public converter.
+
+The official ``pytorch_model.bin`` of the fixture set is converted with ``convert_checkpoint`` (the
+same code as ``xsam convert``), loaded with ``from_pretrained``, fed the fixture photos through our
+preprocessing and the fixture prompts through our conversation encoder, and every recorded tensor is
+compared: 1e-4 absolute on activations, plus a relative term for sums over many elements.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from parity_support import AVAILABLE, PARITY_DIR, SKIP_REASON, assert_close, fixture_names, load, photo
+from xsam.convert.official import convert_checkpoint
+from xsam.data.transforms import preprocess_masks, preprocess_sam, preprocess_siglip
+from xsam.modeling.mask_decoder import MaskDecoder
+from xsam.modeling.xsam import XSamModel
+from xsam.tasks.conversation import Turn, encode_conversation
+
+pytestmark = [pytest.mark.parity, pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)]
+
+ATOL = 1e-4
+SUM_RTOL = 1e-5  # reductions over thousands of elements carry float32 summation-order noise
+VISION = fixture_names("vision_*.json")
+TASKS = fixture_names("task_*.json")
+PER_SEG_TASKS = {"refseg", "reaseg"}
+# Masked attention blocks a position when sigmoid(logit) < 0.5. A logit within this distance of 0 is a
+# coin toss between two float32 implementations (~1e-6 noise), so for those few entries the test
+# infers the official decision from the next stage's reference outputs; everything else must match.
+TIE_EPS = 1e-4
+MAX_TIES = 8
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    convert_checkpoint(
+        PARITY_DIR / "pytorch_model.bin", out, component_configs=PARITY_DIR / "component_configs.json"
+    )
+    return XSamModel.from_pretrained(out)
+
+
+def _images(model, image: str, pad_to_square: bool):
+    picture = photo(image)
+    siglip = preprocess_siglip(picture, model.config.image_encoder, pad_to_square=pad_to_square)
+    sam = preprocess_sam(picture, model.config.segmentation_encoder)
+    return siglip[None], sam
+
+
+def _close_sum(name, ours, reference):
+    assert_close(name, ours, reference, atol=ATOL, rtol=SUM_RTOL)
+
+
+# ------------------------------------------------------------------------------------------ vision
+@pytest.mark.parametrize("name", VISION)
+def test_vision_path(model, name):
+    meta, ref = load(name)
+    siglip, sam = _images(model, meta["image"], meta["siglip_pad_to_square"])
+    with torch.no_grad():
+        features = model.image_encoder(siglip)
+        assert_close(f"{name}/siglip_selected_features", features, ref["siglip_selected_features"])
+        assert_close(
+            f"{name}/visual_projector_out", model.image_projector(features), ref["visual_projector_out"]
+        )
+        hidden = model.segmentation_encoder.sam(
+            sam.pixel_values[None], output_hidden_states=True
+        ).hidden_states
+        assert len(hidden) == meta["sam_num_hidden_states"]
+        for index in (12, 18, 23, 24):
+            key = f"sam_hidden_states_{index}"
+            assert_close(f"{name}/{key}", hidden[index][:, ::2, ::2, :], ref[key])
+            _close_sum(f"{name}/{key}_chan_sums", hidden[index].sum((0, 1, 2)), ref[f"{key}_chan_sums"])
+        encoded = model.segmentation_encoder(sam.pixel_values[None])
+        seg_tokens = model.seg_projector(encoded.projector_input)
+        assert_close(f"{name}/seg_projector_out", seg_tokens, ref["seg_projector_out"])
+        levels = model.connector(encoded.connector_inputs)
+        for i, level in enumerate(levels):
+            stride = ref[f"seg_connector_out_{i}"].shape[-1]
+            step = level.shape[-1] // stride
+            assert_close(
+                f"{name}/seg_connector_out_{i}", level[..., ::step, ::step], ref[f"seg_connector_out_{i}"]
+            )
+            _close_sum(
+                f"{name}/seg_connector_out_{i}_chan_sums",
+                level.sum((0, 2, 3)),
+                ref[f"seg_connector_out_{i}_chan_sums"],
+            )
+        pixel = model.pixel_decoder(levels)
+        named = [("pixel_decoder_mask_features", pixel.mask_features)] + [
+            (f"pixel_decoder_multi_scale_{i}", f) for i, f in enumerate(pixel.multi_scale_features)
+        ]
+        for key, tensor in named:
+            step = tensor.shape[-1] // ref[key].shape[-1]
+            assert_close(f"{name}/{key}", tensor[..., ::step, ::step], ref[key])
+            _close_sum(f"{name}/{key}_chan_sums", tensor.sum((0, 2, 3)), ref[f"{key}_chan_sums"])
+
+
+# ------------------------------------------------------------------------------------------- tasks
+def _turns(meta) -> list[Turn]:
+    turns = []
+    for turn in meta["conversation"]:
+        question = turn["input"].removeprefix("<|user|>\n").removesuffix("<|end|>\n<|assistant|>\n")
+        turns.append(Turn(question, turn["output"].removesuffix("<|end|>")))
+    return turns
+
+
+def _region_masks(meta, ref, model):
+    if "vprompt_masks_orig_nonzero" not in ref:
+        return None
+    count = len(meta["info"]["vprompt_pixel_counts_1024"])
+    masks = torch.zeros(count, *meta["image_size_hw"], dtype=torch.bool)
+    index, row, col = ref["vprompt_masks_orig_nonzero"].long().unbind(1)
+    masks[index, row, col] = True
+    return [preprocess_masks(masks.numpy(), model.config.segmentation_encoder).bool()]
+
+
+def _run_task(model, tokenizer, name):
+    meta, ref = load(name)
+    encoded = encode_conversation(tokenizer, _turns(meta))
+    assert torch.equal(encoded.input_ids, ref["input_ids"].flatten()), "prompt tokenisation differs"
+    assert torch.equal(encoded.seg_ids, ref["seg_ids"].flatten())
+    if "cond_ids" in ref:
+        assert torch.equal(encoded.cond_ids, ref["cond_ids"].flatten())
+    siglip, sam = _images(model, meta["image"], meta["siglip_pad_to_square"])
+    with torch.no_grad():
+        out = model(
+            encoded.input_ids[None],
+            cond_ids=encoded.cond_ids[None],
+            seg_ids=encoded.seg_ids[None],
+            labels=encoded.labels[None],
+            pixel_values=siglip,
+            sam_pixel_values=sam.pixel_values[None],
+            region_masks=_region_masks(meta, ref, model),
+            decode_per_seg=meta["task"] in PER_SEG_TASKS,
+        )
+    return meta, ref, out, sam
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_language_model_path(model, tokenizer, name):
+    meta, ref, out, _ = _run_task(model, tokenizer, name)
+    text = ref["text_position_mask"]
+    assert torch.equal(~out.sequence.image_mask[0], text)
+    embeds, hidden, projected = out.sequence.inputs_embeds[0], out.hidden_states[0], out.projected[0]
+    assert_close(
+        f"{name}/llm_inputs_embeds_text_positions", embeds[text], ref["llm_inputs_embeds_text_positions"]
+    )
+    _close_sum(f"{name}/llm_inputs_embeds_row_sums", embeds.sum(-1), ref["llm_inputs_embeds_row_sums"])
+    assert_close(
+        f"{name}/llm_last_hidden_state_text_positions",
+        hidden[text],
+        ref["llm_last_hidden_state_text_positions"],
+    )
+    assert_close(
+        f"{name}/llm_last_hidden_state_image_positions_strided",
+        hidden[~text][::16],
+        ref["llm_last_hidden_state_image_positions_strided"],
+    )
+    _close_sum(
+        f"{name}/llm_last_hidden_state_row_sums", hidden.sum(-1), ref["llm_last_hidden_state_row_sums"]
+    )
+    assert_close(
+        f"{name}/llm_projector_out_text_positions", projected[text], ref["llm_projector_out_text_positions"]
+    )
+    _close_sum(f"{name}/llm_projector_out_row_sums", projected.sum(-1), ref["llm_projector_out_row_sums"])
+    logits = out.logits[0][text]
+    top = logits.topk(5, dim=-1)
+    assert_close(
+        f"{name}/llm_logits_text_positions_top5_values",
+        top.values,
+        ref["llm_logits_text_positions_top5_values"],
+    )
+    assert torch.equal(top.indices, ref["llm_logits_text_positions_top5_indices"])
+    _close_sum(
+        f"{name}/llm_logits_text_positions_logsumexp",
+        logits.logsumexp(-1),
+        ref["llm_logits_text_positions_logsumexp"],
+    )
+    if "lm_loss" in meta["info"]:
+        shift_logits, shift_labels = out.logits[0, :-1], out.sequence.labels[0, 1:]
+        loss = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        assert_close(f"{name}/lm_loss", loss, torch.tensor(meta["info"]["lm_loss"]))
+
+
+@contextmanager
+def _attention_mask_decisions(flips: dict[int, set], ties: dict[int, dict]):
+    """Patch the decoder: in layer ``l`` invert the decisions of the ``(sample, query, position)``
+    entries in ``flips[l]``; record each layer's borderline entries and their ``|logit|`` in ``ties``."""
+    original = MaskDecoder._attention_mask
+    layer = {"index": 0}
+
+    def patched(self, mask_logits, size):
+        blocked = original(self, mask_logits, size)
+        resized = F.interpolate(
+            mask_logits.detach(), size=size, mode="bilinear", align_corners=False
+        ).flatten(2)
+        near = (resized.abs() < TIE_EPS).nonzero().tolist()
+        ties[layer["index"]] = {tuple(e): resized[tuple(e)].abs().item() for e in near}
+        for n, q, p in flips.get(layer["index"], ()):
+            rows = slice(n * self.num_heads, (n + 1) * self.num_heads)
+            blocked[rows, q, p] = ~blocked[rows, q, p]
+        layer["index"] += 1
+        return blocked
+
+    MaskDecoder._attention_mask = patched
+    try:
+        yield
+    finally:
+        MaskDecoder._attention_mask = original
+
+
+def _decode_matching_ties(model, out, features, ref):
+    """Re-run the decoder, settling borderline attention-mask entries layer by layer.
+
+    After layer ``l`` only the queries that deviate from the reference at stage ``l + 1`` are
+    suspects; each of their borderline entries is flipped in turn and the flip kept if it brings that
+    stage closer to the reference. Returns the final decoding and the flips made.
+    """
+    seg = out.segmentation
+    reference = ref["decoder_class_logits_all_stages"]
+    sums = ref["decoder_mask_logits_all_stages_query_sums"]
+
+    def run(flips):
+        ties: dict[int, dict] = {}
+        with _attention_mask_decisions(flips, ties), torch.no_grad():
+            result = model.decode(
+                features, seg.image_index, seg.seg_embeddings, seg.condition_embeddings, seg.condition_mask
+            )
+        return result, ties
+
+    def per_query_error(result, stage):  # (N, Q), in units of the test's tolerances (> 1 = off)
+        classes = (result.class_logits[stage] - reference[stage]).abs().amax(-1) / ATOL
+        masks = (result.mask_logits[stage].sum((-1, -2)) - sums[stage]).abs()
+        return torch.maximum(classes, masks / (SUM_RTOL * sums[stage].abs().amax()))
+
+    flips: dict[int, set] = {}
+    result, ties = run(flips)
+    for layer in range(model.config.mask_decoder.num_layers):
+        errors = per_query_error(result, layer + 1)
+        suspects = {tuple(x) for x in (errors > 0.5).nonzero().tolist()}
+        entries = sorted((e for e in ties.get(layer, {}) if e[:2] in suspects), key=ties[layer].get)
+        for entry in entries[:MAX_TIES]:
+            trial = {**flips, layer: flips.get(layer, set()) | {entry}}
+            candidate, candidate_ties = run(trial)
+            if per_query_error(candidate, layer + 1).sum() < errors.sum():
+                flips, result, ties = trial, candidate, candidate_ties
+                errors = per_query_error(result, layer + 1)
+            if not (errors > 0.5).any():
+                break
+    return result, flips
+
+
+@pytest.mark.parametrize("name", [n for n in TASKS if "imgconv" not in n])
+def test_segmentor_path(model, tokenizer, name):
+    meta, ref, out, sam = _run_task(model, tokenizer, name)
+    siglip, _ = _images(model, meta["image"], meta["siglip_pad_to_square"])
+    with torch.no_grad():
+        features = model.encode_image(siglip, sam.pixel_values[None])
+    seg, _ = _decode_matching_ties(model, out, features, ref)
+    background = model.class_head.background.weight
+    classes = torch.cat(
+        [seg.condition_embeddings, background.expand(len(seg.condition_embeddings), 1, -1)], 1
+    )
+    assert_close(f"{name}/cond_embeddings", classes, ref["cond_embeddings"])
+    assert_close(f"{name}/seg_embeddings", seg.seg_embeddings[:, None], ref["seg_embeddings"])
+    if "embed_masks" in ref:
+        valid = torch.nn.functional.pad(seg.condition_mask, (0, 1), value=True)
+        assert torch.equal(valid.float(), ref["embed_masks"])
+    assert_close(
+        f"{name}/decoder_class_logits_all_stages", seg.class_logits, ref["decoder_class_logits_all_stages"]
+    )
+    mask_logits = seg.mask_logits
+    # mask logits reach the hundreds (the fixtures scale the mask path up): same relative bound as sums
+    _close_sum(
+        f"{name}/decoder_mask_logits_final", mask_logits[-1][..., ::8, ::8], ref["decoder_mask_logits_final"]
+    )
+    selected = ref["selected_queries"]
+    _close_sum(
+        f"{name}/decoder_mask_logits_final_selected_queries",
+        mask_logits[-1][:, selected],
+        ref["decoder_mask_logits_final_selected_queries"],
+    )
+    _close_sum(
+        f"{name}/decoder_mask_logits_all_stages_strided",
+        mask_logits[..., ::32, ::32],
+        ref["decoder_mask_logits_all_stages_strided"],
+    )
+    _close_sum(
+        f"{name}/decoder_mask_logits_all_stages_query_sums",
+        mask_logits.sum((-1, -2)),
+        ref["decoder_mask_logits_all_stages_query_sums"],
+    )
+    _close_sum(
+        f"{name}/decoder_mask_logits_all_stages_query_sumsq",
+        mask_logits.pow(2).sum((-1, -2)),
+        ref["decoder_mask_logits_all_stages_query_sumsq"],
+    )
+    if "vision_sampler_out" in ref:
+        rows = out.sequence.inputs_embeds[0][out.sequence.image_mask[0].logical_not()]
+        regions = rows[(ref["input_ids"].flatten()[ref["input_ids"].flatten() != -200] == -300)]
+        assert_close(f"{name}/vision_sampler_out", regions, ref["vision_sampler_out"])
