@@ -1,0 +1,716 @@
+"""Post-processing: the final decoder prediction of one sample -> task outputs on the original image.
+
+Every function takes the final-stage logits of ONE decoder sample, as the model returns them:
+
+* ``class_logits`` ``(Q, C + 1)``: ``C`` condition classes (prompt categories, phrases or regions) then
+  background. Softmax runs over all ``C + 1`` columns and the background column is dropped afterwards.
+  Pass exactly the sample's ``C`` classes: padded class slots of a batch would be read as extra classes
+  (keep ``[:, :C]`` and the last column).
+* ``mask_logits`` ``(Q, m, m)`` on the SAM canvas grid (``m = canvas_size / 8``, 128 officially),
+
+plus the image geometry: ``scaled_size`` ``(h_s, w_s)`` of the resized image inside the canvas,
+``original_size`` ``(H, W)`` and ``canvas_size`` ``S``. Logits are read as float32, as in the official
+evaluation. Every output is in original-image pixels: masks go back with the official chain of
+:func:`xsam.data.transforms.postprocess_masks` (bilinear to ``S x S``, crop ``[:h_s, :w_s]``, bilinear
+to ``H x W``).
+
+**Only what can matter is upsampled.** The official code upsamples all ``Q`` masks to ``S²`` and
+``H x W`` before it selects anything. Here a query is upsampled only if it can still change the result
+(the chosen query for referring, the top-k queries that can pass the threshold for instance, the kept
+queries for panoptic), in chunks so that peak memory stays at a few masks. Bilinear resizing treats
+every mask on its own, so the upsampled values are the same floats as the official ones, and every
+selection is replayed with the official operations (strict or non-strict comparisons, first index on
+ties, ``topk(sorted=False)`` order), so the outputs are the official ones.
+
+Official counterparts ([A] ``xsam/xsam/dataset/process_fns/postprocess_fns``) and the fixture entries
+(``shared/parity/task_*``) each function reproduces:
+
+* :func:`panoptic` - ``genseg_postprocess_fn`` (panoptic branch) - ``post_panoptic_thr0.0``,
+  ``post_panoptic_thr0.5``, ``post_panoptic_thr0.0_overlap0.0`` and their JSON ``segments_info``
+  (:meth:`PanopticSegment.as_official`);
+* :func:`semantic` - ``genseg_postprocess_fn`` (``sem``) - ``post_semantic_segmentation``;
+* :func:`instance` - ``genseg_postprocess_fn`` (``ins``) - JSON ``instance_thr0.0`` (scores, classes;
+  ``segmentation`` / ``segments_info`` via :func:`instance_id_map` with ``fill=-1`` and
+  :func:`instance_segments_info`);
+* :func:`referring` - ``refseg_postprocess_fn`` (reaseg too) - ``post_refseg_segmentation``,
+  ``post_reaseg_segmentation`` (:meth:`MaskResult.label_map`);
+* :func:`grounded_conversation` - ``gcgseg_postprocess_fn`` - ``post_gcgseg_segmentation``;
+* :func:`interactive` - ``intseg_postprocess_fn`` - ``post_intseg_thr0.5_segmentation``;
+* :func:`visual_grounding` - ``vgdseg_postprocess_fn`` - ``post_vgdseg_thr0.0_segmentation`` and
+  ``post_vgdseg_thr0.5_segmentation`` via :func:`instance_id_map` (``fill=255``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from xsam.data.transforms import postprocess_masks
+
+NO_LABEL = 255
+"""Label-map value for "no mask here" (refseg/reaseg/gcgseg/intseg maps, vgdseg id map)."""
+
+# Upsampling runs over chunks of queries holding at most this many float32 values (canvas + output),
+# about 128 MiB, instead of all Q masks at once.
+_CHUNK_ELEMENTS = 1 << 25
+
+# A query whose class probability is below ``threshold * (1 - _SCORE_MARGIN)`` cannot reach the
+# threshold: its score is probability x mean mask probability, and that mean is at most 1 up to float
+# rounding (~1e-7), which the margin covers with room to spare.
+_SCORE_MARGIN = 1e-4
+
+# The instance mask score divides by (mask area + this), as the official code does.
+_AREA_EPSILON = 1e-6
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class PanopticSegment:
+    """One entry of a panoptic result: segment ``id`` in the id map, ``label_id`` (index into the
+    prompt's class list), ``is_thing`` (False for a fused stuff class), the query's class ``score``
+    and the ``query`` it came from."""
+
+    id: int
+    label_id: int
+    is_thing: bool
+    score: float
+    query: int
+
+    def as_official(self) -> dict[str, int | bool | float]:
+        """The official ``segments_info`` entry: ``id``, ``category_id``, ``isthing``, ``score`` (6 dp)."""
+        return {
+            "id": self.id,
+            "category_id": self.label_id,
+            "isthing": self.is_thing,
+            "score": round(self.score, 6),
+        }
+
+
+@dataclass
+class PanopticResult:
+    """``segmentation`` ``(H, W)`` int32 segment ids (0 = void). ``segments`` has one entry per
+    surviving query in query order, as the official list: queries of a fused stuff class repeat that
+    class's segment id, each with its own score."""
+
+    segmentation: torch.Tensor
+    segments: list[PanopticSegment]
+
+
+@dataclass
+class InstanceResult:
+    """``N`` instances in the official ``topk(sorted=False)`` order (not sorted by score).
+
+    ``masks`` ``(N, H, W)`` bool (may be empty), ``labels`` ``(N,)`` int64 class (or region) index,
+    ``scores`` ``(N,)`` float32 = class probability x mean mask probability inside the mask,
+    ``boxes`` ``(N, 4)`` float32 ``(x0, y0, x1, y1)`` from :func:`mask_to_box`, ``queries`` ``(N,)``
+    int64 the decoder query of each instance (one query may appear with several labels).
+    """
+
+    masks: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    boxes: torch.Tensor
+    queries: torch.Tensor
+
+
+@dataclass
+class MaskResult:
+    """One chosen mask: ``mask`` ``(H, W)`` bool, its ``score`` and the decoder ``query`` it came from."""
+
+    mask: torch.Tensor
+    score: float
+    query: int
+
+    def label_map(self) -> torch.Tensor:
+        """``(H, W)`` int64: 1 inside the mask, :data:`NO_LABEL` (255) elsewhere (the official map)."""
+        return torch.where(self.mask, 1, NO_LABEL)
+
+
+@dataclass
+class GroundedResult:
+    """Grounded conversation, ``P`` phrases: ``masks`` ``(P, H, W)`` bool, ``scores`` ``(P,)`` float32
+    and ``queries`` ``(P,)`` int64 of the query chosen per phrase, ``label_map`` ``(H, W)`` int64 with
+    phrase index + 1 per pixel (later phrases overwrite earlier ones) and :data:`NO_LABEL` elsewhere."""
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    queries: torch.Tensor
+    label_map: torch.Tensor
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _class_probabilities(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """``(Q, C + 1)`` logits -> ``(Q, C)`` float32 probabilities (softmax with background, bg dropped)."""
+    if class_logits.dim() != 2 or class_logits.shape[1] < 2:
+        raise ValueError(f"class_logits must be (Q, C + 1) with C >= 1, got {tuple(class_logits.shape)}")
+    if mask_logits.dim() != 3 or mask_logits.shape[0] != class_logits.shape[0]:
+        raise ValueError(
+            f"mask_logits must be (Q, m, m) with the Q of class_logits ({class_logits.shape[0]}), "
+            f"got {tuple(mask_logits.shape)}"
+        )
+    return class_logits.float().softmax(dim=-1)[:, :-1]
+
+
+def _require_single_class(probabilities: torch.Tensor, task: str) -> None:
+    if probabilities.shape[1] != 1:
+        raise ValueError(f"{task} takes exactly one class (plus background), got {probabilities.shape[1]}")
+
+
+def _upsampled_chunks(
+    mask_logits: torch.Tensor,
+    queries: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, logits)`` with ``logits`` ``(n, H, W)`` float32 the upsampled masks of
+    ``queries[start:start + n]``, chunk after chunk."""
+    per_mask = canvas_size * canvas_size + original_size[0] * original_size[1]
+    step = max(1, _CHUNK_ELEMENTS // per_mask)
+    for start in range(0, queries.numel(), step):
+        chunk = mask_logits[queries[start : start + step]]
+        yield start, postprocess_masks(chunk, scaled_size, original_size, canvas_size)
+
+
+def _could_reach(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Bool mask of the entries whose instance score (<= probability) may still be >= ``threshold``."""
+    if threshold <= 0:
+        return torch.ones_like(probabilities, dtype=torch.bool)
+    return probabilities >= threshold * (1 - _SCORE_MARGIN)
+
+
+def _binary_masks_and_scores(
+    mask_logits: torch.Tensor,
+    queries: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each entry of ``queries`` ``(n,)`` (repeats allowed): ``(n, H, W)`` bool mask (logit > 0) and
+    ``(n,)`` float32 mean sigmoid inside it, ``sum(sigmoid * mask) / (area + 1e-6)`` as the official."""
+    unique, inverse = torch.unique(queries, return_inverse=True)
+    binary = torch.empty((unique.numel(), *original_size), dtype=torch.bool, device=mask_logits.device)
+    mean_probability = torch.empty(unique.numel(), dtype=torch.float32, device=mask_logits.device)
+    for start, logits in _upsampled_chunks(mask_logits, unique, scaled_size, original_size, canvas_size):
+        positive = logits > 0
+        binary[start : start + len(logits)] = positive
+        flat_positive = positive.flatten(1).float()
+        inside = (logits.sigmoid().flatten(1) * flat_positive).sum(1)
+        mean_probability[start : start + len(logits)] = inside / (flat_positive.sum(1) + _AREA_EPSILON)
+    return binary[inverse], mean_probability[inverse]
+
+
+def _ranked_entries(
+    probabilities: torch.Tensor, top_k: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official ranking over the flattened ``(Q, C)`` probabilities: ``topk(k, sorted=False)`` with
+    ``k = Q`` by default. Returns ``(probability, label, query)`` per entry, each ``(k,)``."""
+    num_queries, num_classes = probabilities.shape
+    k = num_queries if top_k is None else top_k
+    if k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    top_probabilities, flat_index = probabilities.flatten().topk(min(k, probabilities.numel()), sorted=False)
+    labels = flat_index % num_classes
+    queries = torch.div(flat_index, num_classes, rounding_mode="floor")
+    return top_probabilities, labels, queries
+
+
+def mask_to_box(mask: torch.Tensor) -> torch.Tensor:
+    """Tight boxes around masks, as detectron2's ``BitMasks.get_bounding_boxes`` (the official helper).
+
+    Args:
+        mask: ``(..., H, W)`` bool (or 0/1) masks.
+
+    Returns:
+        ``(..., 4)`` float32 ``(x0, y0, x1, y1)`` in pixels of the mask's frame: ``x0``/``y0`` the first
+        column/row holding the mask, ``x1``/``y1`` one past the last (exclusive). Empty masks give zeros.
+    """
+    mask = mask.bool()
+    columns = mask.any(dim=-2)
+    rows = mask.any(dim=-1)
+
+    def first_and_end(line: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # argmax of a 0/1 tensor is the first 1; on the flipped line it counts from the end.
+        first = line.to(torch.uint8).argmax(dim=-1)
+        last = line.shape[-1] - 1 - line.flip(-1).to(torch.uint8).argmax(dim=-1)
+        return first, last + 1
+
+    x0, x1 = first_and_end(columns)
+    y0, y1 = first_and_end(rows)
+    boxes = torch.stack([x0, y0, x1, y1], dim=-1).to(torch.float32)
+    return boxes.masked_fill(~rows.any(dim=-1, keepdim=True), 0.0)
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of ``(N, 4)`` and ``(M, 4)`` float ``(x0, y0, x1, y1)`` boxes -> ``(N, M)``.
+
+    Same arithmetic as detectron2's ``pairwise_iou`` (the official helper): areas ``(x1 - x0)(y1 - y0)``,
+    and 0 wherever the boxes do not overlap (so two empty boxes give 0, not NaN).
+    """
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    extent = torch.min(boxes1[:, None, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, None, :2], boxes2[:, :2])
+    intersection = extent.clamp(min=0).prod(dim=2)
+    union = area1[:, None] + area2 - intersection
+    return torch.where(intersection > 0, intersection / union, torch.zeros_like(intersection))
+
+
+def restore_prompt_masks(
+    prompt_masks: torch.Tensor, scaled_size: tuple[int, int], original_size: tuple[int, int]
+) -> torch.Tensor:
+    """Canvas visual-prompt masks -> original frame, as the official interactive post-processing does.
+
+    Crop ``[:h_s, :w_s]``, then PyTorch's legacy ``nearest`` resize to ``(H, W)``. This is the frame
+    (and the exact pixels) in which :func:`interactive` must receive its prompt mask for parity: the
+    round trip original -> canvas -> original is not always the identity (it is for 2x upscaled images).
+
+    Args:
+        prompt_masks: ``(..., S, S)`` masks on the SAM canvas (any dtype, nonzero = inside).
+        scaled_size: ``(h_s, w_s)``.
+        original_size: ``(H, W)``.
+
+    Returns:
+        ``(..., H, W)`` bool.
+    """
+    height, width = scaled_size
+    leading = prompt_masks.shape[:-2]
+    cropped = prompt_masks[..., :height, :width].to(torch.float32).reshape(1, -1, height, width)
+    restored = F.interpolate(cropped, size=tuple(original_size), mode="nearest")
+    return restored.reshape(*leading, *original_size) != 0
+
+
+# ------------------------------------------------------------------------------------------ panoptic
+def panoptic(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    *,
+    is_thing: Sequence[bool],
+    threshold: float = 0.0,
+    mask_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+    unique_ids: bool = False,
+) -> PanopticResult:
+    """Panoptic segmentation (official genseg panoptic branch, transformers-style ``compute_segments``).
+
+    1. Per query: label = argmax over the ``C`` classes, score = that probability; keep queries with
+       score **strictly greater** than ``threshold`` (0.0 in evaluation, 0.5 in the demo).
+    2. Weighted masks ``score x sigmoid(mask)`` of the kept queries; each pixel goes to the kept query
+       with the largest weighted mask (the first one on ties).
+    3. A kept query becomes a segment if its assigned area and its area of ``weighted >= mask_threshold``
+       (note: the *weighted* mask, as the official) are both > 0 and their ratio is strictly greater
+       than ``overlap_threshold`` (the ratio is taken in float32 and compared in float64, as the
+       official ``tensor.item() > 0.8``). Pixels of other queries stay void (0).
+    4. Segment ids count up from 1 in query order; all queries of a stuff class (``is_thing`` False)
+       share the id of that class's first segment (the official ``was_fused``). After such a reuse the
+       official numbering continues from the reused id, so a later segment can get an id that is
+       already taken (transformers issue #23461); ``unique_ids=True`` continues from the largest id
+       instead. The official metadata's ``label_divisor`` (1000) is never read by this numbering, nor
+       by the evaluator once ``segments_info`` is given, so it is not a parameter here.
+
+    Only the kept queries are upsampled, chunk by chunk, with a running per-pixel maximum, so memory is
+    ``O(H x W)`` however many queries survive.
+
+    Args:
+        class_logits: ``(Q, C + 1)``.
+        mask_logits: ``(Q, m, m)`` canvas-grid logits.
+        scaled_size: ``(h_s, w_s)``.
+        original_size: ``(H, W)``.
+        canvas_size: ``S``.
+        is_thing: ``C`` flags; False marks a stuff class whose segments are fused (demo: ``sem:``
+            names; official: ``metadata.stuff_dataset_id_to_contiguous_id``).
+        threshold: query score threshold (strict).
+        mask_threshold: threshold on the weighted mask for the area ratio (non-strict).
+        overlap_threshold: minimum assigned / own area ratio (strict).
+        unique_ids: fix the official id reuse described above (breaks parity only when it triggers).
+
+    Returns:
+        :class:`PanopticResult` with an int32 ``(H, W)`` id map on the logits' device.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    if len(is_thing) != probabilities.shape[1]:
+        raise ValueError(f"is_thing has {len(is_thing)} flags for {probabilities.shape[1]} classes")
+    scores, labels = probabilities.max(dim=-1)
+    kept = torch.nonzero(scores > threshold).flatten()
+    if kept.numel() == 0:
+        return PanopticResult(torch.zeros(original_size, dtype=torch.int32, device=mask_logits.device), [])
+    winner, own_area = _weighted_winner(
+        mask_logits, kept, scores[kept], scaled_size, original_size, canvas_size, mask_threshold
+    )
+    assigned_area = torch.bincount(winner.flatten(), minlength=kept.numel())
+    ratio = (assigned_area / own_area).double()  # int64 / int64 -> float32, as the official
+    valid = (assigned_area > 0) & (own_area > 0) & (ratio > overlap_threshold)
+    segments, id_of_kept = _number_segments(
+        kept.tolist(), labels.tolist(), scores.tolist(), valid.tolist(), is_thing, unique_ids
+    )
+    lookup = torch.tensor(id_of_kept, dtype=torch.int32, device=winner.device)
+    return PanopticResult(lookup[winner], segments)
+
+
+def _weighted_winner(
+    mask_logits: torch.Tensor,
+    queries: torch.Tensor,
+    scores: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    mask_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(H, W)`` int64 position in ``queries`` of the largest ``score x sigmoid(mask)`` per pixel, and
+    ``(n,)`` int64 area where that weighted mask is ``>= mask_threshold``, streamed over query chunks.
+
+    Within a chunk ``argmax`` keeps the first maximum; across chunks the running winner changes only on
+    a strictly larger value, so ties go to the earliest query exactly as one argmax over all of them.
+    """
+    best_value = winner = None
+    own_areas = []
+    for start, logits in _upsampled_chunks(mask_logits, queries, scaled_size, original_size, canvas_size):
+        weighted = logits.sigmoid() * scores[start : start + len(logits)].view(-1, 1, 1)
+        own_areas.append((weighted >= mask_threshold).flatten(1).sum(1))
+        index = weighted.argmax(dim=0)
+        value = weighted.gather(0, index[None])[0]
+        index += start
+        if best_value is None:
+            best_value, winner = value, index
+            continue
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        winner = torch.where(better, index, winner)
+    return winner, torch.cat(own_areas)
+
+
+def _number_segments(
+    kept: list[int],
+    labels: list[int],
+    scores: list[float],
+    valid: list[bool],
+    is_thing: Sequence[bool],
+    unique_ids: bool,
+) -> tuple[list[PanopticSegment], list[int]]:
+    """Official segment numbering over the kept queries (in query order). Returns the segments and, per
+    kept position, its segment id (0 for positions that made no segment)."""
+    segments: list[PanopticSegment] = []
+    id_of_kept = [0] * len(kept)
+    stuff_segment: dict[int, int] = {}
+    segment_id = largest_id = 0
+    for position, query in enumerate(kept):
+        if not valid[position]:
+            continue
+        label = labels[query]
+        fused = not is_thing[label]
+        if label in stuff_segment:
+            segment_id = stuff_segment[label]
+        else:
+            segment_id = (largest_id if unique_ids else segment_id) + 1
+        largest_id = max(largest_id, segment_id)
+        if fused:
+            stuff_segment[label] = segment_id
+        id_of_kept[position] = segment_id
+        segments.append(PanopticSegment(segment_id, label, not fused, scores[query], query))
+    return segments, id_of_kept
+
+
+# ------------------------------------------------------------------------------------------ semantic
+def semantic(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+) -> torch.Tensor:
+    """Semantic segmentation (official genseg ``sem`` branch).
+
+    Class maps ``sum_q p(q, c) x sigmoid(mask_q)`` are formed **on the canvas** (after the first
+    bilinear upsampling, before the crop), then cropped, resized bilinearly to the original size and
+    arg-maxed over classes. The order matters: sigmoid is not linear, so this differs from thresholding
+    masks that were fully upsampled first. The sum over queries is one einsum over all queries, as the
+    official (summing query chunks would change float rounding); only the resize and the arg-max run
+    in class chunks, which is exact.
+
+    Returns:
+        ``(H, W)`` int64 class index (into the prompt's class list) per pixel.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    canvas_probabilities = _cropped_canvas_probabilities(mask_logits, scaled_size, canvas_size)
+    class_maps = torch.einsum("bqc,bqhw->bchw", probabilities[None], canvas_probabilities[None])[0]
+    return _resized_argmax(class_maps, original_size)
+
+
+def _cropped_canvas_probabilities(
+    mask_logits: torch.Tensor, scaled_size: tuple[int, int], canvas_size: int
+) -> torch.Tensor:
+    """``(Q, m, m)`` logits -> ``(Q, h_s, w_s)`` float32 sigmoid of the canvas-size upsampling, cropped."""
+    height, width = scaled_size
+    out = torch.empty((mask_logits.shape[0], height, width), dtype=torch.float32, device=mask_logits.device)
+    step = max(1, _CHUNK_ELEMENTS // (canvas_size * canvas_size))
+    for start in range(0, mask_logits.shape[0], step):
+        chunk = mask_logits[start : start + step].to(torch.float32)[None]
+        canvas = F.interpolate(chunk, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False)
+        out[start : start + step] = canvas[0, :, :height, :width].sigmoid()
+    return out
+
+
+def _resized_argmax(class_maps: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``(C, h, w)`` maps to ``(H, W)`` then argmax over ``C`` (first on ties)."""
+    pixels = original_size[0] * original_size[1]
+    step = max(1, _CHUNK_ELEMENTS // max(pixels, 1))
+    best_value = winner = None
+    for start in range(0, class_maps.shape[0], step):
+        chunk = class_maps[None, start : start + step]
+        resized = F.interpolate(chunk, size=tuple(original_size), mode="bilinear", align_corners=False)[0]
+        index = resized.argmax(dim=0)
+        value = resized.gather(0, index[None])[0]
+        index += start
+        if best_value is None:
+            best_value, winner = value, index
+            continue
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        winner = torch.where(better, index, winner)
+    return winner
+
+
+# ------------------------------------------------------------------------------------------ instance
+def instance(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    *,
+    threshold: float = 0.0,
+    top_k: int | None = None,
+) -> InstanceResult:
+    """Instance segmentation (official genseg ``ins`` branch; the ``instances`` it returns).
+
+    The ``Q x C`` class probabilities are flattened and the top ``k`` (``k = Q`` by default, as the
+    official) taken with ``topk(sorted=False)``; each entry is a (query, label) pair, and a query may
+    appear with several labels. Mask = upsampled logit ``> 0``; score = class probability x
+    ``sum(sigmoid x mask) / (area + 1e-6)``; entries with score ``>= threshold`` are kept (0.0 in
+    evaluation keeps all ``k``, empty masks included). Queries whose class probability cannot reach
+    the threshold are never upsampled.
+
+    Returns:
+        :class:`InstanceResult` in the official entry order.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    top_probabilities, labels, queries = _ranked_entries(probabilities, top_k)
+    candidates = torch.nonzero(_could_reach(top_probabilities, threshold)).flatten()
+    masks, mean_probability = _binary_masks_and_scores(
+        mask_logits, queries[candidates], scaled_size, original_size, canvas_size
+    )
+    scores = top_probabilities[candidates] * mean_probability
+    keep = scores >= threshold
+    kept_masks = masks[keep]
+    return InstanceResult(
+        masks=kept_masks,
+        labels=labels[candidates][keep],
+        scores=scores[keep],
+        boxes=mask_to_box(kept_masks),
+        queries=queries[candidates][keep],
+    )
+
+
+def visual_grounding(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    *,
+    threshold: float = 0.0,
+    top_k: int | None = None,
+    region_labels: Sequence[int] | None = None,
+) -> InstanceResult:
+    """Visual grounded segmentation (official ``vgdseg_postprocess_fn``): :func:`instance` over queries
+    x regions, each region prompt being one class (0.0 threshold in evaluation, 0.5 in the demo).
+
+    Args:
+        region_labels: optional label of each of the ``C`` regions (e.g. its dataset category id, as
+            the official ``return_contiguous_labels`` mapping); ``labels`` then hold these instead of
+            region indices.
+    """
+    result = instance(
+        class_logits, mask_logits, scaled_size, original_size, canvas_size, threshold=threshold, top_k=top_k
+    )
+    if region_labels is None:
+        return result
+    num_regions = class_logits.shape[1] - 1
+    if len(region_labels) != num_regions:
+        raise ValueError(f"region_labels has {len(region_labels)} labels for {num_regions} regions")
+    mapping = torch.as_tensor(list(region_labels), dtype=torch.int64, device=result.labels.device)
+    return replace(result, labels=mapping[result.labels])
+
+
+def instance_id_map(result: InstanceResult, *, fill: int = NO_LABEL) -> torch.Tensor:
+    """Paint instances into one id map, as the official genseg-instance / vgdseg ``segmentation``.
+
+    Instances are painted in result order, later ones overwriting earlier ones; empty masks are skipped
+    and do not use up an id, so ids run 0, 1, 2, ... over the painted instances (the ``id`` of the
+    official ``segments_info``, see :func:`instance_segments_info`). (The official paints after a
+    float64 ``score >= threshold`` test while its ``instances`` use float32; the two differ only for a
+    score within float32 rounding of a threshold float32 cannot represent.)
+
+    Args:
+        result: from :func:`instance` / :func:`visual_grounding`.
+        fill: value where no instance is: 255 for vgdseg (``post_vgdseg_*``), -1 for genseg instance.
+
+    Returns:
+        ``(H, W)`` int64.
+    """
+    id_map = torch.full(result.masks.shape[1:], fill, dtype=torch.int64, device=result.masks.device)
+    for segment_id, position in enumerate(_painted_positions(result)):
+        id_map[result.masks[position]] = segment_id
+    return id_map
+
+
+def instance_segments_info(result: InstanceResult) -> list[dict[str, int | bool | float]]:
+    """The official ``segments_info`` of :func:`instance_id_map`: ``id``, ``label_id``,
+    ``was_fused`` (always False) and ``score`` (6 dp) of each painted (non-empty) instance."""
+    return [
+        {
+            "id": segment_id,
+            "label_id": int(result.labels[position]),
+            "was_fused": False,
+            "score": round(float(result.scores[position]), 6),
+        }
+        for segment_id, position in enumerate(_painted_positions(result))
+    ]
+
+
+def _painted_positions(result: InstanceResult) -> list[int]:
+    return torch.nonzero(result.masks.flatten(1).any(dim=1)).flatten().tolist()
+
+
+# ------------------------------------------------------------------------------------------ single masks
+def referring(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    *,
+    mask_threshold: float = 0.5,
+) -> MaskResult:
+    """Referring and reasoning segmentation (official ``refseg_postprocess_fn``; reaseg uses it too).
+
+    The query with the highest probability of the single phrase (softmax over [phrase, background];
+    first query on ties) gives the mask ``sigmoid > mask_threshold`` (strict). Only that mask is
+    upsampled. For several phrases use :func:`grounded_conversation`.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    _require_single_class(probabilities, "referring segmentation")
+    top_score, top_query = probabilities.max(dim=0)
+    logits = postprocess_masks(mask_logits[top_query], scaled_size, original_size, canvas_size)
+    return MaskResult(logits.sigmoid()[0] > mask_threshold, float(top_score), int(top_query))
+
+
+def grounded_conversation(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    *,
+    mask_threshold: float = 0.5,
+) -> GroundedResult:
+    """Grounded conversation generation (official ``gcgseg_postprocess_fn``).
+
+    For each phrase ``c`` (class column, in caption order) the query maximising its probability gives
+    the mask ``sigmoid > mask_threshold``; the label map paints ``c + 1`` phrase after phrase, so later
+    phrases overwrite earlier ones, and :data:`NO_LABEL` stays where no mask is (phrase ids reach 255
+    only past 254 phrases, as in the official map). Only the chosen queries are upsampled.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    top_scores, top_queries = probabilities.max(dim=0)
+    unique, inverse = torch.unique(top_queries, return_inverse=True)
+    logits = postprocess_masks(mask_logits[unique], scaled_size, original_size, canvas_size)
+    masks = (logits.sigmoid() > mask_threshold)[inverse]
+    label_map = torch.full(original_size, NO_LABEL, dtype=torch.int64, device=masks.device)
+    for phrase, mask in enumerate(masks):
+        label_map[mask] = phrase + 1
+    return GroundedResult(masks=masks, scores=top_scores, queries=top_queries, label_map=label_map)
+
+
+def interactive(
+    class_logits: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    prompt_mask: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+) -> MaskResult:
+    """Interactive segmentation (official ``intseg_postprocess_fn``): one region prompt, one mask.
+
+    Instance-style scoring over the ``Q`` queries (see :func:`instance`); the candidates are the
+    queries with score ``>= threshold`` plus every query equal to the best score; among them, in the
+    official ``topk(sorted=False)`` order, the first whose mask box (:func:`mask_to_box`) has the
+    highest IoU with the prompt mask's box wins.
+
+    Queries are scored in decreasing class probability and the scan stops once no remaining query can
+    reach the threshold or the best score, so usually only a handful are upsampled.
+
+    Args:
+        prompt_mask: ``(H, W)`` visual prompt in the original frame. For parity pass
+            :func:`restore_prompt_masks` of the canvas prompt (what the official boxes).
+        threshold: 0.5 in evaluation.
+    """
+    probabilities = _class_probabilities(class_logits, mask_logits)
+    _require_single_class(probabilities, "interactive segmentation")
+    if tuple(prompt_mask.shape) != tuple(original_size):
+        raise ValueError(f"prompt_mask must be {tuple(original_size)}, got {tuple(prompt_mask.shape)}")
+    top_probabilities, _, queries = _ranked_entries(probabilities, None)
+    scores, masks = _scores_that_matter(
+        top_probabilities, queries, mask_logits, scaled_size, original_size, canvas_size, threshold
+    )
+    positions = sorted(scores)
+    values = torch.tensor([scores[position] for position in positions], dtype=torch.float32)
+    # float32 tensor comparisons, as the official ``(scores >= threshold) | (scores == scores.max())``
+    keep = ((values >= threshold) | (values == values.max())).tolist()
+    candidates = [position for position, kept in zip(positions, keep, strict=True) if kept]
+    boxes = mask_to_box(torch.stack([masks[position] for position in candidates]))
+    prompt_box = mask_to_box(prompt_mask)[None].to(boxes.device)
+    choice = candidates[int(box_iou(boxes, prompt_box).argmax(dim=0))]
+    return MaskResult(masks[choice], scores[choice], int(queries[choice]))
+
+
+def _scores_that_matter(
+    top_probabilities: torch.Tensor,
+    queries: torch.Tensor,
+    mask_logits: torch.Tensor,
+    scaled_size: tuple[int, int],
+    original_size: tuple[int, int],
+    canvas_size: int,
+    threshold: float,
+) -> tuple[dict[int, float], dict[int, torch.Tensor]]:
+    """Instance scores and masks, keyed by ranked position, of every entry that can be >= ``threshold``
+    or equal to the best score; entries left out score strictly below both (score <= probability)."""
+    scores: dict[int, float] = {}
+    masks: dict[int, torch.Tensor] = {}
+
+    def score(positions: list[int]) -> None:
+        index = torch.tensor(positions, dtype=torch.int64, device=queries.device)
+        binary, mean_probability = _binary_masks_and_scores(
+            mask_logits, queries[index], scaled_size, original_size, canvas_size
+        )
+        values = (top_probabilities[index] * mean_probability).tolist()
+        for position, mask, value in zip(positions, binary, values, strict=True):
+            scores[position], masks[position] = value, mask
+
+    score(torch.nonzero(_could_reach(top_probabilities, threshold)).flatten().tolist())
+    remaining = [p for p in top_probabilities.argsort(descending=True).tolist() if p not in scores]
+    step = 8
+    for start in range(0, len(remaining), step):
+        best = max(scores.values(), default=float("-inf"))
+        # Probabilities bound the scores; once the next one is below the best score, none can tie it.
+        if top_probabilities[remaining[start]].item() < best * (1 - _SCORE_MARGIN):
+            break
+        score(remaining[start : start + step])
+    return scores, masks
