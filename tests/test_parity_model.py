@@ -11,13 +11,26 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 
+import numpy
 import pytest
 import torch
 import torch.nn.functional as F
 
-from parity_support import AVAILABLE, DIFFS, PARITY_DIR, SKIP_REASON, assert_close, fixture_names, load, photo
+from parity_support import (
+    AVAILABLE,
+    DIFFS,
+    PARITY_DIR,
+    SKIP_REASON,
+    assert_close,
+    fixture_names,
+    jpeg_round_trip,
+    load,
+    photo,
+)
 from xsam.convert.official import convert_checkpoint
 from xsam.data.transforms import postprocess_masks, preprocess_masks, preprocess_sam, preprocess_siglip
+from xsam.losses.criterion import SegmentationCriterion, SegmentationTarget
+from xsam.losses.point_sampling import TorchRandom
 from xsam.modeling.mask_decoder import MaskDecoder
 from xsam.modeling.xsam import XSamModel
 from xsam.tasks import postprocess
@@ -30,11 +43,12 @@ SUM_RTOL = 1e-5  # reductions over thousands of elements carry float32 summation
 VISION = fixture_names("vision_*.json")
 TASKS = fixture_names("task_*.json")
 PER_SEG_TASKS = {"refseg", "reaseg"}
-# Masked attention blocks a position when sigmoid(logit) < 0.5. A logit within this distance of 0 is a
-# coin toss between two float32 implementations (~1e-6 noise), so for those few entries the test
+# Masked attention blocks a position when sigmoid(logit) < 0.5. A logit this close to 0 is a coin
+# toss between two float32 implementations (~1e-6 relative noise), so for those few entries the test
 # infers the official decision from the next stage's reference outputs; everything else must match.
 TIE_EPS = 1e-4
-MAX_TIES = 8
+TIE_RTOL = 2e-6  # the window grows with the logits' scale (later stages carry more float32 noise)
+MAX_TIES = 16
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +214,8 @@ def _attention_mask_decisions(flips: dict[int, set], ties: dict[int, dict]):
         resized = F.interpolate(
             mask_logits.detach(), size=size, mode="bilinear", align_corners=False
         ).flatten(2)
-        near = (resized.abs() < TIE_EPS).nonzero().tolist()
+        window = max(TIE_EPS, TIE_RTOL * resized.abs().max().item())
+        near = (resized.abs() < window).nonzero().tolist()
         ties[layer["index"]] = {tuple(e): resized[tuple(e)].abs().item() for e in near}
         for n, q, p in flips.get(layer["index"], ()):
             rows = slice(n * self.num_heads, (n + 1) * self.num_heads)
@@ -248,21 +263,34 @@ def _decode_matching_ties(model, out, features, ref):
         for entry in entries[:MAX_TIES]:
             trial = {**flips, layer: flips.get(layer, set()) | {entry}}
             candidate, candidate_ties = run(trial)
-            if per_query_error(candidate, layer + 1).sum() < errors.sum():
-                flips, result, ties = trial, candidate, candidate_ties
-                errors = per_query_error(result, layer + 1)
+            trial_errors = per_query_error(candidate, layer + 1)
+            # a real tie: flipping it brings its own query most of the way back and hurts no other
+            # query by more than half a tolerance
+            if trial_errors[entry[:2]] < 0.5 * errors[entry[:2]] and (trial_errors - errors).max() <= 0.5:
+                flips, result, ties, errors = trial, candidate, candidate_ties, trial_errors
             if not (errors > 0.5).any():
                 break
     return result, flips
 
 
+_SETTLED: dict[str, tuple] = {}
+
+
+def _settled_task(model, tokenizer, name):
+    """``(meta, ref, forward output, decoding with ties settled)`` of a task fixture, computed once."""
+    if name not in _SETTLED:
+        meta, ref, out, sam = _run_task(model, tokenizer, name)
+        siglip, _ = _images(model, meta["image"], meta["siglip_pad_to_square"])
+        with torch.no_grad():
+            features = model.encode_image(siglip, sam.pixel_values[None])
+        seg, _ = _decode_matching_ties(model, out, features, ref)
+        _SETTLED[name] = (meta, ref, out, seg)
+    return _SETTLED[name]
+
+
 @pytest.mark.parametrize("name", [n for n in TASKS if "imgconv" not in n])
 def test_segmentor_path(model, tokenizer, name):
-    meta, ref, out, sam = _run_task(model, tokenizer, name)
-    siglip, _ = _images(model, meta["image"], meta["siglip_pad_to_square"])
-    with torch.no_grad():
-        features = model.encode_image(siglip, sam.pixel_values[None])
-    seg, _ = _decode_matching_ties(model, out, features, ref)
+    _, ref, out, seg = _settled_task(model, tokenizer, name)
     background = model.class_head.background.weight
     classes = torch.cat(
         [seg.condition_embeddings, background.expand(len(seg.condition_embeddings), 1, -1)], 1
@@ -310,11 +338,7 @@ def test_segmentor_path(model, tokenizer, name):
 # -------------------------------------------------------------------------------- post-processing
 def _final_logits(model, tokenizer, name):
     """Final-stage logits of the fixture's single decoder sample, borderline ties settled."""
-    meta, ref, out, sam = _run_task(model, tokenizer, name)
-    siglip, _ = _images(model, meta["image"], meta["siglip_pad_to_square"])
-    with torch.no_grad():
-        features = model.encode_image(siglip, sam.pixel_values[None])
-    seg, _ = _decode_matching_ties(model, out, features, ref)
+    meta, ref, _, seg = _settled_task(model, tokenizer, name)
     sizes = {
         "scaled_size": tuple(meta["sam_scaled_size_hw"]),
         "original_size": tuple(meta["image_size_hw"]),
@@ -477,3 +501,58 @@ def test_visual_grounding_post_processing(model, tokenizer, name):
                 ref[f"post_{variant}_segmentation"],
                 *logits,
             )
+
+
+# -------------------------------------------------------------------------------------- training
+TRAIN = fixture_names("train_*.json")
+
+
+@pytest.mark.parametrize("name", TRAIN)
+def test_training_losses(model, tokenizer, name):
+    """The loss dict of a training forward: LM loss + Mask2Former loss of all 10 predictions, with the
+    criterion's random draws regenerated from the recorded generator seed."""
+    meta, ref = load(name)
+    encoded = encode_conversation(tokenizer, _turns(meta))
+    assert torch.equal(encoded.input_ids, ref["input_ids"].flatten())
+    assert torch.equal(encoded.labels, ref["labels"].flatten())
+    picture = jpeg_round_trip(photo(meta["image"]))  # the training datasets read the photo from a file
+    siglip = preprocess_siglip(
+        picture, model.config.image_encoder, pad_to_square=meta["siglip_pad_to_square"]
+    )
+    sam = preprocess_sam(picture, model.config.segmentation_encoder)
+    with torch.no_grad():
+        out = model(
+            encoded.input_ids[None],
+            cond_ids=encoded.cond_ids[None],
+            seg_ids=encoded.seg_ids[None],
+            labels=encoded.labels[None],
+            pixel_values=siglip[None],
+            sam_pixel_values=sam.pixel_values[None],
+            decode_per_seg=meta["task"] in PER_SEG_TASKS,
+        )
+        features = model.encode_image(siglip[None], sam.pixel_values[None])
+    seg, _ = _decode_matching_ties(model, out, features, ref)
+    assert_close(
+        f"{name}/decoder_class_logits_all_stages", seg.class_logits, ref["decoder_class_logits_all_stages"]
+    )
+
+    shift_logits, shift_labels = out.logits[0, :-1], out.sequence.labels[0, 1:]
+    loss_llm = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+    width = meta["image_size_hw"][1]
+    masks = numpy.unpackbits(ref["gt_masks_orig_packbits"].numpy(), axis=-1, count=width)
+    masks = preprocess_masks(masks, model.config.segmentation_encoder).float()
+    labels = ref["segmentor_class_labels"]
+    if meta["task"] in PER_SEG_TASKS:  # one ground-truth mask per decoder sample
+        targets = [SegmentationTarget(labels[i : i + 1], masks[i : i + 1]) for i in range(len(labels))]
+    else:
+        targets = [SegmentationTarget(labels, masks)]
+    criterion = SegmentationCriterion()
+    rand = TorchRandom(torch.Generator().manual_seed(meta["criterion_rand"]["generator_seed"]))
+    with torch.no_grad():
+        losses = criterion(seg.class_logits, seg.mask_logits, targets, rand=rand)
+    expected = meta["losses"]
+    losses = {**losses, "loss_llm": loss_llm, "loss": loss_llm + losses["loss_seg"]}
+    assert set(losses) == set(expected)
+    for key, value in expected.items():
+        assert_close(f"{name}/{key}", losses[key], torch.tensor(value), atol=ATOL, rtol=SUM_RTOL)
