@@ -28,3 +28,19 @@ def tiny_images():
     return torch.randn(2, 3, siglip, siglip, generator=generator), torch.randn(
         2, 3, sam, sam, generator=generator
     )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``XSAM_PARITY_REPORT=path``, write the parity suites' max abs diffs there (JSON)."""
+    import json
+    import os
+
+    target = os.environ.get("XSAM_PARITY_REPORT")
+    if not target:
+        return
+    from parity_support import DIFFS, PARITY_DIR
+
+    with open(target, "w") as handle:
+        json.dump(
+            {"parity_dir": str(PARITY_DIR), "exit_status": int(exitstatus), "diffs": DIFFS}, handle, indent=1
+        )

@@ -203,3 +203,45 @@ def test_bf16_forward_runs(tokenizer, tiny_images):
         )
     assert out.segmentation.mask_logits.dtype == torch.bfloat16
     assert torch.isfinite(out.segmentation.mask_logits.float()).all()
+
+
+def test_cached_image_prefix_gives_the_same_outputs_as_a_full_forward(tiny_model, tokenizer, tiny_images):
+    """[<s>, <|user|>, <image>] is shared by every prompt on an image: prefill it once, then run only
+    the rest of each prompt against a copy-free, cropped cache."""
+    images = {"pixel_values": tiny_images[0][:1], "sam_pixel_values": tiny_images[1][:1]}
+    prompts = [
+        [Turn("<image>\nSegment: <p>sky</p>, <p>dog</p>.", "Sure, <SEG>.")],
+        [Turn("<image>\nWhere is <p>the left dog</p>?", "It is <SEG>.")],
+    ]
+    with torch.no_grad():
+        features = tiny_model.encode_image(**images)
+        prefix = torch.tensor([[tokenizer.bos_token_id, 32010, -200]])
+        none = torch.full_like(prefix, -1)
+        cache = tiny_model.prefill(
+            tiny_model.prepare_sequence(prefix, cond_ids=none, seg_ids=none, image_features=features)
+        )
+        prefix_length = cache.get_seq_length()
+        for turns in prompts:
+            batch = _batch(tokenizer, [turns])
+            assert torch.equal(batch["input_ids"][0, :3], prefix[0])
+            full = tiny_model(**batch, image_features=features)
+            cached = tiny_model(
+                batch["input_ids"][:, 3:],
+                cond_ids=batch["cond_ids"][:, 3:],
+                seg_ids=batch["seg_ids"][:, 3:],
+                image_features=features,
+                past_key_values=cache,
+            )
+            tiny_model.truncate_cache(cache, prefix_length)
+            assert cache.get_seq_length() == prefix_length
+            suffix = full.hidden_states.shape[1] - cached.hidden_states.shape[1]
+            torch.testing.assert_close(
+                cached.hidden_states, full.hidden_states[:, suffix:], atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                cached.segmentation.mask_logits, full.segmentation.mask_logits, atol=1e-5, rtol=1e-5
+            )
+            torch.testing.assert_close(
+                cached.segmentation.class_logits, full.segmentation.class_logits, atol=1e-5, rtol=1e-5
+            )
+    assert prefix_length == 2 + tiny_model.config.num_image_tokens

@@ -283,7 +283,8 @@ def _settled_task(model, tokenizer, name):
         siglip, _ = _images(model, meta["image"], meta["siglip_pad_to_square"])
         with torch.no_grad():
             features = model.encode_image(siglip, sam.pixel_values[None])
-        seg, _ = _decode_matching_ties(model, out, features, ref)
+        seg, flips = _decode_matching_ties(model, out, features, ref)
+        DIFFS[f"{name}/borderline attention entries settled"] = float(sum(len(f) for f in flips.values()))
         _SETTLED[name] = (meta, ref, out, seg)
     return _SETTLED[name]
 
@@ -531,7 +532,8 @@ def test_training_losses(model, tokenizer, name):
             decode_per_seg=meta["task"] in PER_SEG_TASKS,
         )
         features = model.encode_image(siglip[None], sam.pixel_values[None])
-    seg, _ = _decode_matching_ties(model, out, features, ref)
+    seg, flips = _decode_matching_ties(model, out, features, ref)
+    DIFFS[f"{name}/borderline attention entries settled"] = float(sum(len(f) for f in flips.values()))
     assert_close(
         f"{name}/decoder_class_logits_all_stages", seg.class_logits, ref["decoder_class_logits_all_stages"]
     )

@@ -19,10 +19,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
 from torch import nn
+from transformers import Cache, DynamicCache
 
 from ..config import XSamConfig
 from .class_head import ClosedSetClassHead, OpenVocabularyClassHead
@@ -321,6 +323,37 @@ class XSamModel(nn.Module):
             region_index=self.config.tokens.region_token_index,
         )
 
+    def _run_language_model(self, sequence: MultimodalSequence, past_key_values: Cache | None) -> Any:
+        """The LLM's base model on spliced embeddings; last-layer states are after the final norm.
+
+        A batch without padding gets no attention mask, as in the official evaluation (plain causal
+        attention); with a cache, padding is not supported.
+        """
+        padded = not bool(sequence.attention_mask.all())
+        if padded and past_key_values is not None:
+            raise ValueError("a cached prefix cannot be combined with padded batches")
+        return self.language_model.base_model(
+            inputs_embeds=sequence.inputs_embeds,
+            attention_mask=sequence.attention_mask if padded else None,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+        )
+
+    @torch.no_grad()
+    def prefill(self, sequence: MultimodalSequence) -> Cache:
+        """Run the LLM over a prefix and return its KV cache (for prompts that share the prefix)."""
+        # a plain (non-sliding) cache so that it can always be cropped back to the prefix
+        cache = DynamicCache()
+        self._run_language_model(sequence, cache)
+        return cache
+
+    @staticmethod
+    def truncate_cache(cache: Cache, length: int) -> None:
+        """Drop everything after the first ``length`` positions of ``cache`` (in place)."""
+        excess = cache.get_seq_length() - length
+        if excess > 0:
+            cache.crop(-excess)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -335,6 +368,7 @@ class XSamModel(nn.Module):
         labels: torch.Tensor | None = None,
         decode_per_seg: bool = False,
         generator: torch.Generator | None = None,
+        past_key_values: Cache | None = None,
     ) -> XSamOutput:
         """Teacher-forced forward over a batch of prompts (+ answers).
 
@@ -349,6 +383,9 @@ class XSamModel(nn.Module):
                 classified against *all* conditions of the batch (in-batch contrastive classes).
                 Otherwise each sample has exactly one ``<SEG>`` and its own conditions.
             generator: seeds the region sampler's subset of prompt pixels.
+            past_key_values: the LLM cache of a prefix (e.g. ``[<s>, <|user|>, image tokens]`` from
+                :meth:`prefill`); ``input_ids`` then hold only what follows it, and the cache is
+                extended in place (crop it back to reuse the prefix).
         """
         if image_features is None and pixel_values is not None:
             image_features = self.encode_image(pixel_values, sam_pixel_values)
@@ -362,9 +399,7 @@ class XSamModel(nn.Module):
             labels=labels,
             generator=generator,
         )
-        hidden = self.language_model.base_model(
-            inputs_embeds=sequence.inputs_embeds, attention_mask=sequence.attention_mask
-        ).last_hidden_state
+        hidden = self._run_language_model(sequence, past_key_values).last_hidden_state
         logits = self.language_model.get_output_embeddings()(hidden)
         projected = self.llm_projector(hidden)
         segmentation = None
@@ -418,6 +453,7 @@ class XSamModel(nn.Module):
         stop_token_ids: Sequence[int] = (32007,),
         max_new_tokens: int = 512,
         generator: torch.Generator | None = None,
+        past_key_values: Cache | None = None,
     ) -> XSamGeneration:
         """Greedy generation for one sample (``input_ids`` ``(1, T)``), collecting last-layer states.
 
@@ -436,7 +472,9 @@ class XSamModel(nn.Module):
             region_masks=region_masks,
             generator=generator,
         )
-        prompt_states, generated, states = self._greedy_decode(sequence, stop_token_ids, max_new_tokens)
+        prompt_states, generated, states = self._greedy_decode(
+            sequence, stop_token_ids, max_new_tokens, past_key_values
+        )
         segmentation = None
         tokens = self.config.tokens
         gen_seg_ids = seg_token_ids(generated, tokens.seg_token_id)
@@ -455,7 +493,11 @@ class XSamModel(nn.Module):
         return XSamGeneration(token_ids=generated, segmentation=segmentation)
 
     def _greedy_decode(
-        self, sequence: MultimodalSequence, stop_token_ids: Sequence[int], max_new_tokens: int
+        self,
+        sequence: MultimodalSequence,
+        stop_token_ids: Sequence[int],
+        max_new_tokens: int,
+        past_key_values: Cache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill ``sequence`` and decode greedily.
 
@@ -466,7 +508,8 @@ class XSamModel(nn.Module):
         base = self.language_model.base_model
         head = self.language_model.get_output_embeddings()
         embed = self.language_model.get_input_embeddings()
-        out = base(inputs_embeds=sequence.inputs_embeds, use_cache=True)
+        cache = past_key_values if past_key_values is not None else DynamicCache()
+        out = self._run_language_model(sequence, cache)
         prompt_states = out.last_hidden_state[0]
         next_logits = head(out.last_hidden_state[:, -1])
         ids, states = [], []
