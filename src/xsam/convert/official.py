@@ -431,10 +431,6 @@ def convert_checkpoint(
     aliases = tied_aliases(model)
     expected = {k: v.shape for k, v in model.state_dict().items() if k not in aliases}
     converted = convert_state_dict(official, expected, allow_missing=stage != "s3")
-    if torch_dtype is not None:
-        converted.state = {
-            k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in converted.state.items()
-        }
     report = {
         "source": str(checkpoint),
         "stage": stage,
@@ -446,7 +442,7 @@ def convert_checkpoint(
         text_tokenizer.save_pretrained(str(folder))
         (folder / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    write_directory(
-        out, converted.state, {FORMAT_KEY: FORMAT_VERSION, **config.to_dict()}, extra_writer=write_extras
-    )
+    config_dict = {FORMAT_KEY: FORMAT_VERSION, **config.to_dict()}
+    # the cast happens tensor by tensor while writing, so memory never holds a cast copy of the model
+    write_directory(out, converted.state, config_dict, extra_writer=write_extras, dtype=torch_dtype)
     return converted

@@ -1,7 +1,8 @@
 """``save_pretrained`` / ``from_pretrained`` storage: ``config.json`` + safetensors (sharded when large).
 
-Loading builds the model on the meta device and assigns the tensors read from the files, so a
-full-size model never needs two copies of its weights in memory.
+Writing streams one tensor at a time (:func:`write_safetensors`) and loading builds the model on the
+meta device and assigns the tensors read from the files, so a full-size model never needs two copies
+of its weights in memory.
 """
 
 from __future__ import annotations
@@ -9,19 +10,105 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+# torch dtype -> the safetensors name of it (the format's own spelling, as its readers expect).
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.complex64: "C64",
+}
+# The reference writer pads the JSON header with spaces so the data starts 8-byte aligned.
+_HEADER_ALIGNMENT = 8
+
+
+def _stored_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a tensor is written in: ``dtype`` for floating tensors when given, else its own."""
+    return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+
+def _stored_nbytes(tensor: torch.Tensor, dtype: torch.dtype | None) -> int:
+    return tensor.numel() * _stored_dtype(tensor, dtype).itemsize
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors layout, one tensor's bytes at a time.
+
+    Layout: an 8-byte little-endian header length, a JSON header (``__metadata__`` plus ``dtype``,
+    ``shape`` and ``data_offsets`` per tensor, space-padded to a multiple of 8 bytes), then each
+    tensor's raw little-endian bytes back to back. Tensors may live on any device, be
+    non-contiguous, 0-d, empty or memory-mapped: each is made a contiguous CPU tensor only while it
+    is written, so at most one tensor is ever copied (none, for contiguous CPU tensors). Wider dtypes
+    come first, which keeps every tensor aligned to its element size, as the reference writer does.
+    With ``dtype``, floating tensors are cast to it one at a time as they are written.
+    """
+    for name, tensor in tensors.items():
+        if name == "__metadata__":
+            raise ValueError("'__metadata__' is reserved in safetensors headers")
+        if _stored_dtype(tensor, dtype) not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: safetensors has no dtype for {_stored_dtype(tensor, dtype)}")
+        if tensor.layout != torch.strided:
+            raise ValueError(f"{name}: only dense (strided) tensors can be saved, not {tensor.layout}")
+    if metadata is not None and not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("safetensors metadata values must be strings")
+    order = sorted(tensors, key=lambda name: -_stored_dtype(tensors[name], dtype).itemsize)  # stable
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        nbytes = _stored_nbytes(tensor, dtype)
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[_stored_dtype(tensor, dtype)],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % _HEADER_ALIGNMENT)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for name in order:
+            tensor = tensors[name]
+            file.write(_little_endian_bytes(tensor.to(_stored_dtype(tensor, dtype))))
+
+
+def _little_endian_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's elements as a flat byte view; a copy only when not already contiguous on CPU."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    data = flat.view(torch.uint8)  # bfloat16 and friends have no numpy dtype; bytes always do
+    if sys.byteorder == "big" and tensor.element_size() > 1:
+        data = data.view(-1, tensor.element_size()).flip(1).reshape(-1)
+    return memoryview(data.numpy())
 
 
 def tied_aliases(module: nn.Module) -> dict[str, str]:
@@ -36,11 +123,13 @@ def tied_aliases(module: nn.Module) -> dict[str, str]:
     return aliases
 
 
-def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+def _shards(
+    state: dict[str, torch.Tensor], max_bytes: int, dtype: torch.dtype | None
+) -> list[dict[str, torch.Tensor]]:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
+        nbytes = _stored_nbytes(tensor, dtype)
         if shards[-1] and size + nbytes > max_bytes:
             shards.append({})
             size = 0
@@ -56,8 +145,11 @@ def write_directory(
     *,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     extra_writer: Callable[[Path], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write config + weights (+ whatever ``extra_writer`` puts in the folder) atomically per file.
+
+    ``dtype`` stores floating tensors in that dtype, cast one tensor at a time while writing.
 
     Everything is written to a temporary folder beside ``directory`` first, so a failure leaves the
     target untouched; old weight files in the target are removed before the new ones move in.
@@ -66,16 +158,17 @@ def write_directory(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        shards = _shards({k: v.detach().contiguous().cpu() for k, v in state.items()}, max_shard_bytes)
+        # no up-front copies: the writer makes each tensor contiguous on CPU only while writing it
+        shards = _shards(state, max_shard_bytes, dtype)
         if len(shards) == 1:
-            save_file(shards[0], staging / WEIGHTS_NAME, metadata={"format": "pt"})
+            write_safetensors(staging / WEIGHTS_NAME, shards[0], metadata={"format": "pt"}, dtype=dtype)
         else:
             weight_map = {}
             for i, shard in enumerate(shards, start=1):
                 name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, staging / name, metadata={"format": "pt"})
+                write_safetensors(staging / name, shard, metadata={"format": "pt"}, dtype=dtype)
                 weight_map.update(dict.fromkeys(shard, name))
-            total = sum(t.numel() * t.element_size() for t in state.values())
+            total = sum(_stored_nbytes(t, dtype) for t in state.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (staging / INDEX_NAME).write_text(json.dumps(index, indent=2))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
