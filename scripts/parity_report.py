@@ -41,10 +41,13 @@ def render(report: dict) -> str:
         groups[fixture].append((quantity or fixture, value))
     lines = [HEADER.format(parity_dir=report["parity_dir"], status=report["exit_status"])]
     for fixture, rows in groups.items():
-        lines += [f"## {fixture}", "", "| compared | max abs diff |", "|---|---|"]
+        lines += [f"## {fixture}", "", "| compared | max abs diff | max abs reference |", "|---|---|---|"]
         for quantity, value in rows:
-            shown = f"{int(value)}" if "pixels" in quantity or "settled" in quantity else f"{value:.2e}"
-            lines.append(f"| `{quantity}` | {shown} |")
+            key = f"{fixture}/{quantity}"
+            if "pixels" in quantity or "settled" in quantity:
+                lines.append(f"| `{quantity}` | {int(value)} | |")
+            else:
+                lines.append(f"| `{quantity}` | {value:.2e} | {report['scales'].get(key, 0.0):.3g} |")
         lines.append("")
     return "\n".join(lines)
 

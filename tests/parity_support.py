@@ -28,6 +28,7 @@ SKIP_REASON = f"parity fixtures not found in {PARITY_DIR} (set XSAM_PARITY_DIR)"
 
 # name -> max abs diff seen, filled by ``assert_close`` and dumped by ``scripts/parity_report.py``.
 DIFFS: dict[str, float] = {}
+SCALES: dict[str, float] = {}  # max |reference| of each compared tensor
 
 
 def fixture_names(pattern: str, required_tensor: str | None = None) -> list[str]:
@@ -52,8 +53,10 @@ def assert_close(
     ours, reference = ours.detach().double().cpu(), reference.detach().double().cpu()
     assert ours.shape == reference.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(reference.shape)}"
     diff = (ours - reference).abs().max().item() if ours.numel() else 0.0
+    scale = reference.abs().max().item() if reference.numel() else 0.0
     DIFFS[name] = max(diff, DIFFS.get(name, 0.0))
-    bound = atol + rtol * (reference.abs().max().item() if reference.numel() else 0.0)
+    SCALES[name] = max(scale, SCALES.get(name, 0.0))
+    bound = atol + rtol * scale
     assert diff <= bound, f"{name}: max abs diff {diff:.3g} > {bound:.3g}"
 
 
