@@ -1,0 +1,59 @@
+"""Overlay drawing for predictions: coloured masks, labels at mask centres, text underneath."""
+
+from __future__ import annotations
+
+import colorsys
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .prediction import Prediction
+
+
+def palette(count: int) -> list[tuple[int, int, int]]:
+    """``count`` well-separated bright colours (golden-ratio hue steps), deterministic."""
+    colours = []
+    for i in range(count):
+        hue = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 1.0)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def overlay(image: Image.Image, prediction: Prediction, *, alpha: float = 0.5) -> Image.Image:
+    """Blend each mask in its colour over ``image``, write its label, and append generated text."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    masks = prediction.masks.cpu().numpy().astype(bool)
+    if masks.shape[1:] != base.shape[:2]:
+        raise ValueError(f"masks are {masks.shape[1:]} but the image is {base.shape[:2]}")
+    colours = palette(len(masks))
+    for mask, colour in zip(masks, colours, strict=True):
+        base[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
+    result = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    font = ImageFont.load_default()
+    for mask, colour, label, score in zip(masks, colours, prediction.labels, prediction.scores, strict=True):
+        if not mask.any():
+            continue
+        rows, cols = np.nonzero(mask)
+        position = (int(cols.mean()), int(rows.mean()))
+        caption = f"{label} {score:.2f}"
+        box = draw.textbbox(position, caption, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text(position, caption, fill=colour, font=font)
+    if prediction.text:
+        result = _with_caption(result, prediction.text, font)
+    return result
+
+
+def _with_caption(image: Image.Image, text: str, font: ImageFont.ImageFont) -> Image.Image:
+    width = max(20, image.width // 7)
+    lines = textwrap.wrap(text, width=width)[:12]
+    line_height = 14
+    canvas = Image.new("RGB", (image.width, image.height + line_height * len(lines) + 8), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((4, image.height + 4 + i * line_height), line, fill=(0, 0, 0), font=font)
+    return canvas
