@@ -3,9 +3,10 @@ reproduction of every official conversation stored in the parity fixtures."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import random
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -178,6 +179,14 @@ def test_template_lists_are_consistent():
             assert all(t.endswith(f"{templates.SEG}.") for t in template_list.templates)
         else:
             assert all(t.count("{") == 1 or "gcg" in template_list.name for t in template_list.templates)
+        # templates[0] stands for the list when custom templates are checked: all must agree
+        specials = (templates.SEG, templates.PHRASE_START, templates.PHRASE_END, templates.REGION)
+        for template in template_list.templates:
+            assert templates.template_fields(template) == template_list.fields, template
+            assert [template.count(t) for t in specials] == [
+                template_list.templates[0].count(t) for t in specials
+            ], template
+            assert template_list.get(template) == template  # every listed text passes as custom
     partial = {t.name for t in templates.ALL_TEMPLATE_LISTS if not t.complete}
     assert partial == {
         "generic questions",
@@ -194,12 +203,103 @@ def test_template_index_errors_are_clear():
         generic.build_prompt(["sky"], answer_template=5)
     with pytest.raises(IndexError):
         referring.build_prompt("cat", question_template=-1)
-    with pytest.raises(ValueError, match="2 template indices for 3 turns"):
+    with pytest.raises(ValueError, match="2 template choices for 3 turns"):
         referring.build_prompt(["a", "b", "c"], question_template=[0, 1])
     with pytest.raises(ValueError, match="exactly one expression"):
         referring.build_prompt(["a", "b"], answer_template=None)
     with pytest.raises(TypeError):
         generic.build_prompt("sky")
+
+
+def test_custom_templates_are_used_verbatim():
+    custom = generic.build_prompt(
+        ["sky", "wall-other-merged"],
+        question_template="Find {categories} in this photo {{please}}.",
+        answer_template="Here: <SEG>.",
+    )
+    assert custom == [Turn("<image>\nFind <p>sky</p>, <p>wall</p> in this photo {please}.", "Here: <SEG>.")]
+    # a custom string equal to a listed template gives the same prompt as its index
+    listed = templates.REFERRING_QUESTIONS.templates[3]
+    assert referring.build_prompt("cat", question_template=listed) == referring.build_prompt(
+        "cat", question_template=3
+    )
+    # one string applies to every turn (a string is not a per-turn sequence); lists may mix kinds
+    assert referring.build_prompt(["A", "b"], question_template="Show {expression}.") == [
+        Turn("<image>\nShow <p>a</p>.", "<SEG>."),
+        Turn("Show <p>b</p>.", "<SEG>."),
+    ]
+    mixed = referring.build_prompt(
+        ["a", "b"], question_template=[0, "Show {expression}."], answer_template=["Ok <SEG>.", 1]
+    )
+    assert mixed == [
+        Turn("<image>\nPlease identify and segment the <p>a</p> in this image.", "Ok <SEG>."),
+        Turn("Show <p>b</p>.", "It is <SEG>."),
+    ]
+    assert reasoning.build_prompt(
+        "Why?",
+        is_sentence=True,
+        explanation="E.",
+        question_template="{query} Explain.",
+        answer_template="So <SEG>.",
+    ) == [Turn("<image>\n<p>Why?</p> Explain.", "E. So <SEG>.")]
+    assert gcg.build_training_prompt(
+        "Two dogs", [(4, 8)], question_template="Describe it {{briefly}}.", answer_template="Masks: <SEG>."
+    ) == [Turn("<image>\nDescribe it {briefly}.", "Two <p>dogs</p> Masks: <SEG>.")]
+    assert interactive.build_prompt(question_template="Segment {regions}.", answer_template=None) == [
+        Turn("<image>\nSegment <p><region></p>.")
+    ]
+    assert visual_grounding.build_prompt(2, question_template="{regions}") == [
+        Turn("<image>\n<p><region></p>, <p><region></p>", "<SEG>.")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("template_list", "template", "message"),
+    [
+        (templates.GENERIC_QUESTIONS, "Segment {category}.", r"exactly the placeholders \{categories\}"),
+        (templates.GENERIC_QUESTIONS, "Segment the image.", r"\{categories\}, each once \(found none\)"),
+        (templates.GENERIC_QUESTIONS, "{categories} and {categories}", "each once"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories} in {image}.", "exactly the placeholders"),
+        (templates.GENERIC_QUESTIONS, "Segment {}.", "plain {name} fields"),
+        (templates.GENERIC_QUESTIONS, "Segment {0}.", "plain {name} fields"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories!r}.", "plain {name} fields"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories:>9}.", "plain {name} fields"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories.x}.", "plain {name} fields"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories", "malformed template"),
+        (templates.GENERIC_QUESTIONS, "Segment {categories} }", "malformed template"),
+        (templates.GENERIC_QUESTIONS, "   ", "must not be empty"),
+        (templates.GENERIC_QUESTIONS, "Segment <p>sky</p> and {categories}.", "'<p>' exactly 0"),
+        (templates.GENERIC_ANSWERS, "Done.", "'<SEG>' exactly 1 time"),
+        (templates.GENERIC_ANSWERS, "<SEG> <SEG>.", "'<SEG>' exactly 1 time"),
+        (templates.GENERIC_ANSWERS, "It is {answer} <SEG>.", "no placeholders"),
+        (templates.GCG_QUESTIONS, "Describe {image}.", "no placeholders"),
+        (templates.VISUAL_GROUNDING_QUESTIONS, "Segment <region> like {regions}.", "'<region>' exactly 0"),
+        (templates.REFERRING_QUESTIONS, "Segment {categories}.", r"\{expression\}"),
+        (templates.REASONING_LONG_QUESTIONS, "{expression} Segment it.", r"\{query\}"),
+    ],
+)
+def test_custom_template_validation(template_list, template, message):
+    with pytest.raises(ValueError, match=message) as error:
+        template_list.get(template)
+    assert template_list.name in str(error.value)
+
+
+def test_custom_templates_are_checked_by_the_builders():
+    with pytest.raises(ValueError, match=r"generic questions: .*\{categories\}"):
+        generic.build_prompt(["sky"], question_template="Segment {category}.")
+    with pytest.raises(ValueError, match=r"referring answers: .*'<SEG>'"):
+        referring.build_prompt(["a", "b"], answer_template=[0, "No mask."])
+    with pytest.raises(ValueError, match="reasoning short questions"):
+        reasoning.build_prompt("the cat", is_sentence=False, question_template="Segment it.")
+    with pytest.raises(ValueError, match="reasoning explanatory answers"):
+        reasoning.build_prompt("q", is_sentence=True, explanation="E.", answer_template="{x} <SEG>.")
+    with pytest.raises(ValueError, match="gcg answers"):
+        gcg.build_answer("Two dogs", [(4, 8)], answer_template="Done.")
+    with pytest.raises(ValueError, match="visual grounding questions"):
+        interactive.build_prompt(question_template="Segment this.")
+    for choice in (1.0, True, None, b"x"):
+        with pytest.raises(TypeError, match="an index or a template string"):
+            templates.GENERIC_QUESTIONS.get(choice)
 
 
 def test_sampled_prompts_are_reproducible_and_vary():
@@ -315,7 +415,45 @@ def test_category_spec_shuffle_keeps_pairs():
 
 
 # ------------------------------------------------------------------------------ fixture reproduction
-Candidates = Iterator[tuple[dict[str, Any], list[Turn]]]
+class UnlistedTemplateWarning(UserWarning):
+    """A fixture realises an official question template that our partial list lacks; the test
+    reproduced the fixture with that template passed as a custom template."""
+
+
+@dataclasses.dataclass
+class _Rebuilder:
+    """How to rebuild one fixture's conversation with our prompt builders.
+
+    ``build(question_template=..., answer_template=...)`` takes one choice per turn when
+    ``multi_turn`` is set, else a single choice; ``fields`` holds, per turn, the rendered text of
+    each placeholder (what our code puts in for ``{categories}`` etc.; empty when there is none).
+    ``questions`` is None for tasks without templates (chat).
+    """
+
+    build: Callable[..., list[Turn]]
+    questions: templates.TemplateList | None
+    answers: templates.TemplateList | None
+    fields: list[dict[str, str]]
+    multi_turn: bool = False
+
+    def rebuild(self, questions: list[Any], answers: list[Any]) -> list[Turn]:
+        if self.questions is None:
+            return self.build()
+        if self.multi_turn:
+            return self.build(question_template=questions, answer_template=answers)
+        (question,), (answer,) = questions, answers
+        return self.build(question_template=question, answer_template=answer)
+
+
+@dataclasses.dataclass
+class _Reproduction:
+    """The template choice (per turn) that rebuilt a fixture, and the realised question templates
+    our lists lack (turn, template), which were passed as custom templates."""
+
+    questions: list[Any]
+    answers: list[Any]
+    turns: list[Turn]
+    unlisted: list[tuple[int, str]]
 
 
 def _expected_turns(meta: dict[str, Any]) -> list[Turn]:
@@ -335,29 +473,7 @@ def _field(meta: dict[str, Any], key: str) -> Any:
     return fields[key] if key in fields else meta["sampled_cats_or_sents"]
 
 
-def _grid(build: Callable[..., list[Turn]], **choices: range) -> Candidates:
-    for values in itertools.product(*choices.values()):
-        indices = dict(zip(choices, values, strict=True))
-        yield indices, build(**indices)
-
-
-def _turn_grid(
-    build: Callable[..., list[Turn]],
-    count: int,
-    questions: templates.TemplateList,
-    answers: templates.TemplateList,
-) -> Candidates:
-    """Per-turn template indices for multi-turn prompts (every combination)."""
-    per_turn = itertools.product(range(len(questions)), range(len(answers)))
-    for combination in itertools.product(per_turn, repeat=count):
-        indices = {
-            "question_template": [q for q, _ in combination],
-            "answer_template": [a for _, a in combination],
-        }
-        yield indices, build(**indices)
-
-
-def _generic_candidates(meta: dict[str, Any]) -> Candidates:
+def _generic_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
     categories = _field(meta, "sampled_cats")
     classes = meta.get("genseg_classes")
     if classes:  # the demo-style class split must parse back to the same categories
@@ -365,87 +481,211 @@ def _generic_candidates(meta: dict[str, Any]) -> Candidates:
         spec = parse_category_prompt(prompt)
         assert sorted(spec.names) == sorted(categories) and spec.kind is SegmentationKind.PANOPTIC
         assert classes["all_in_prompt_order"] == categories
-
-    def build(**indices: int) -> list[Turn]:
-        return generic.build_prompt(categories, **indices)
-
-    yield from _grid(
-        build,
-        question_template=range(len(templates.GENERIC_QUESTIONS)),
-        answer_template=range(len(templates.GENERIC_ANSWERS)),
+    return _Rebuilder(
+        lambda **choice: generic.build_prompt(categories, **choice),
+        templates.GENERIC_QUESTIONS,
+        templates.GENERIC_ANSWERS,
+        [{"categories": generic.format_categories(categories)}],
     )
 
 
-def _referring_candidates(meta: dict[str, Any]) -> Candidates:
+def _referring_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
     sentences = _field(meta, "sampled_sents")
+    return _Rebuilder(
+        lambda **choice: referring.build_prompt(sentences, **choice),
+        templates.REFERRING_QUESTIONS,
+        templates.REFERRING_ANSWERS,
+        [{"expression": referring.format_expression(sentence)} for sentence in sentences],
+        multi_turn=True,
+    )
 
-    def build(**indices: list[int]) -> list[Turn]:
-        return referring.build_prompt(sentences, **indices)
 
-    yield from _turn_grid(build, len(sentences), templates.REFERRING_QUESTIONS, templates.REFERRING_ANSWERS)
-
-
-def _reasoning_candidates(meta: dict[str, Any]) -> Candidates:
+def _reasoning_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
     fields = meta["prompt_fields"]
     explanation = fields.get("explain")
-    questions = reasoning.question_templates(
-        is_sentence=fields["is_sentence"], explanatory=explanation is not None
+    queries = fields["sampled_sents"]
+    return _Rebuilder(
+        lambda **choice: reasoning.build_prompt(
+            queries, is_sentence=fields["is_sentence"], explanation=explanation, **choice
+        ),
+        reasoning.question_templates(is_sentence=fields["is_sentence"], explanatory=explanation is not None),
+        templates.REASONING_EXPLANATORY_ANSWERS if explanation else templates.REASONING_ANSWERS,
+        [{"query": templates.wrap_phrase(query.strip())} for query in queries],
+        multi_turn=True,
     )
-    answers = templates.REASONING_EXPLANATORY_ANSWERS if explanation else templates.REASONING_ANSWERS
-
-    def build(**indices: list[int]) -> list[Turn]:
-        return reasoning.build_prompt(
-            fields["sampled_sents"], is_sentence=fields["is_sentence"], explanation=explanation, **indices
-        )
-
-    yield from _turn_grid(build, len(fields["sampled_sents"]), questions, answers)
 
 
-def _gcg_candidates(meta: dict[str, Any]) -> Candidates:
+def _gcg_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
     fields = meta["prompt_fields"]
     spans = [annotation["tokens_positive"] for annotation in fields["annotations"]]
-
-    def build(**indices: int) -> list[Turn]:
-        return gcg.build_training_prompt(fields["caption"], spans, **indices)
-
-    yield from _grid(
-        build,
-        question_template=range(len(templates.GCG_QUESTIONS)),
-        answer_template=range(len(templates.GCG_ANSWERS)),
+    return _Rebuilder(
+        lambda **choice: gcg.build_training_prompt(fields["caption"], spans, **choice),
+        templates.GCG_QUESTIONS,
+        templates.GCG_ANSWERS,
+        [{}],
     )
 
 
-def _region_candidates(meta: dict[str, Any]) -> Candidates:
+def _region_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
     num_regions = len(meta["prompt_fields"]["sampled_labels"])
     if meta["task"] == Task.INTERACTIVE.official_name:
         assert num_regions == 1
         build = interactive.build_prompt
     else:
 
-        def build(**indices: int) -> list[Turn]:
-            return visual_grounding.build_prompt(num_regions, **indices)
+        def build(**choice: Any) -> list[Turn]:
+            return visual_grounding.build_prompt(num_regions, **choice)
 
-    yield from _grid(
+    return _Rebuilder(
         build,
-        question_template=range(len(templates.VISUAL_GROUNDING_QUESTIONS)),
-        answer_template=range(len(templates.VISUAL_GROUNDING_ANSWERS)),
+        templates.VISUAL_GROUNDING_QUESTIONS,
+        templates.VISUAL_GROUNDING_ANSWERS,
+        [{"regions": visual_grounding.format_regions(num_regions)}],
     )
 
 
-def _chat_candidates(meta: dict[str, Any]) -> Candidates:
-    yield {}, chat.from_llava(meta["prompt_fields"]["conversations"])
+def _chat_rebuilder(meta: dict[str, Any]) -> _Rebuilder:
+    conversations = meta["prompt_fields"]["conversations"]
+    return _Rebuilder(lambda: chat.from_llava(conversations), None, None, [])
 
 
-_CANDIDATES: dict[Task, Callable[[dict[str, Any]], Candidates]] = {
-    Task.GENERIC: _generic_candidates,
-    Task.OPEN_VOCAB: _generic_candidates,
-    Task.REFERRING: _referring_candidates,
-    Task.REASONING: _reasoning_candidates,
-    Task.GCG: _gcg_candidates,
-    Task.INTERACTIVE: _region_candidates,
-    Task.VGD: _region_candidates,
-    Task.CHAT: _chat_candidates,
+_REBUILDERS: dict[Task, Callable[[dict[str, Any]], _Rebuilder]] = {
+    Task.GENERIC: _generic_rebuilder,
+    Task.OPEN_VOCAB: _generic_rebuilder,
+    Task.REFERRING: _referring_rebuilder,
+    Task.REASONING: _reasoning_rebuilder,
+    Task.GCG: _gcg_rebuilder,
+    Task.INTERACTIVE: _region_rebuilder,
+    Task.VGD: _region_rebuilder,
+    Task.CHAT: _chat_rebuilder,
 }
+
+
+def _index_options(rebuilder: _Rebuilder, expected: list[Turn]) -> list[list[tuple[int, int]]]:
+    """Per turn, every (question, answer) index pair of our lists that rebuilds that turn.
+
+    Each pair is tried on all turns at once; a turn's text depends only on its own choice (and on
+    being first, for ``<image>``), so this covers every combination. The combined choice is
+    verified on the whole conversation afterwards.
+    """
+    options: list[list[tuple[int, int]]] = [[] for _ in expected]
+    for question in range(len(rebuilder.questions)):
+        for answer in range(len(rebuilder.answers)):
+            built = rebuilder.rebuild([question] * len(expected), [answer] * len(expected))
+            for turn, (ours, theirs) in enumerate(zip(built, expected, strict=True)):
+                if ours == theirs:
+                    options[turn].append((question, answer))
+    return options
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _derive_template(text: str, fields: dict[str, str]) -> str:
+    """The template that renders to ``text``: the rendered field replaced by its placeholder,
+    every other character kept (literal braces doubled)."""
+    assert len(fields) <= 1, "only templates with at most one placeholder are derived"
+    if not fields:
+        return _escape_braces(text)
+    ((name, rendered),) = fields.items()
+    assert text.count(rendered) == 1, (
+        f"the rendered {{{name}}} {rendered!r} does not occur exactly once in the realised question "
+        f"{text!r}: our rendering of the field differs (a bug, not a missing template)"
+    )
+    before, after = text.split(rendered)
+    return f"{_escape_braces(before)}{{{name}}}{_escape_braces(after)}"
+
+
+def _custom_question(name: str, rebuilder: _Rebuilder, expected: list[Turn], turn: int) -> tuple[str, int]:
+    """Fallback for a turn no index pair rebuilds: derive its question template from the realised
+    text, check it, and find the answer by index (answer lists are complete)."""
+    questions, answers = rebuilder.questions, rebuilder.answers
+    assert not questions.complete, (
+        f"{name} turn {turn}: no template of the complete list {questions.name!r} rebuilds {expected[turn]!r}"
+    )
+    text = expected[turn].question
+    if turn == 0:
+        assert text.startswith(f"{templates.IMAGE}\n"), f"{name}: the first question lacks '<image>\\n'"
+        text = text.removeprefix(f"{templates.IMAGE}\n")
+    fields = rebuilder.fields[turn]
+    derived = _derive_template(text, fields)
+    # (a) well-formed: the list's placeholders and special tokens, and nothing else changed
+    try:
+        questions.get(derived)
+    except ValueError as error:
+        raise AssertionError(
+            f"{name} turn {turn}: the realised question is no valid template: {error}"
+        ) from None
+    assert derived.format(**fields) == text, f"{name}: derived template {derived!r} does not render back"
+    normalised = {" ".join(listed.lower().split()): listed for listed in questions.templates}
+    near = normalised.get(" ".join(derived.lower().split()))
+    assert near is None or near == derived, (
+        f"{name} turn {turn}: realised template {derived!r} differs from our {near!r} only in "
+        f"whitespace or case: a bug in our list or rendering, not a missing template"
+    )
+    count = len(expected)
+    matches = [
+        answer
+        for answer in range(len(answers))
+        if rebuilder.rebuild([derived] * count, [answer] * count)[turn] == expected[turn]
+    ]
+    assert matches, (
+        f"{name} turn {turn}: with the derived question template {derived!r}, no answer of the "
+        f"complete list {answers.name!r} rebuilds {expected[turn]!r}"
+    )
+    return derived, matches[0]
+
+
+def _reproduce(
+    name: str, meta: dict[str, Any], ref: dict[str, torch.Tensor], tokenizer: Any
+) -> _Reproduction:
+    """Rebuild a fixture's conversation with our builders and check its encoding against ``ref``.
+
+    Every index of our lists is tried first. A turn that no index rebuilds may realise an official
+    question template our partial list lacks: its template is then derived from the realised text
+    and passed as a custom template, and an :class:`UnlistedTemplateWarning` names it. Answers must
+    always match by index.
+    """
+    expected = _expected_turns(meta)
+    rebuilder = _REBUILDERS[Task(meta["task"])](meta)
+    questions: list[Any] = []
+    answers: list[Any] = []
+    unlisted: list[tuple[int, str]] = []
+    if rebuilder.questions is not None:
+        assert len(rebuilder.fields) == len(expected), f"{name}: turn count differs"
+        options = _index_options(rebuilder, expected)
+        for turn, found in enumerate(options):
+            if found:
+                question, answer = found[0]
+            else:
+                question, answer = _custom_question(name, rebuilder, expected, turn)
+                if question not in rebuilder.questions.templates:
+                    unlisted.append((turn, question))
+            questions.append(question)
+            answers.append(answer)
+    # (b) the combined choice rebuilds the whole conversation and its encoding
+    turns = rebuilder.rebuild(questions, answers)
+    assert turns == expected, (
+        f"{name}: questions {questions}, answers {answers} rebuild {turns!r}, not {expected!r}"
+    )
+    encoded = encode_conversation(tokenizer, turns)
+    assert torch.equal(encoded.input_ids, ref["input_ids"].flatten()), f"{name} {questions}: input_ids differ"
+    assert torch.equal(encoded.labels, ref["labels"].flatten()), f"{name}: labels differ"
+    assert torch.equal(encoded.seg_ids, ref["seg_ids"].flatten()), f"{name}: seg_ids differ"
+    if "cond_ids" in ref:
+        assert torch.equal(encoded.cond_ids, ref["cond_ids"].flatten()), f"{name}: cond_ids differ"
+    # (c) visible, not silent
+    for turn, template in unlisted:
+        listed = rebuilder.questions
+        warnings.warn(
+            f"{name} turn {turn}: realised question template {template!r} is not in our partial "
+            f"{listed.name!r} list ({len(listed)}/{listed.official_size}); "
+            "reproduced it as a custom template",
+            UnlistedTemplateWarning,
+            stacklevel=2,
+        )
+    return _Reproduction(questions, answers, turns, unlisted)
 
 
 @pytest.mark.parity
@@ -453,21 +693,146 @@ _CANDIDATES: dict[Task, Callable[[dict[str, Any]], Candidates]] = {
 @pytest.mark.parametrize("name", fixture_names("task_*.json") + fixture_names("train_*.json"))
 def test_fixture_conversation_is_reproduced(name, tokenizer):
     meta, ref = load(name)
-    expected = _expected_turns(meta)
-    task = Task(meta["task"])
-    matches = [(indices, turns) for indices, turns in _CANDIDATES[task](meta) if turns == expected]
-    assert matches, (
-        f"{name}: no template choice of ours rebuilds {expected!r} "
-        f"(partial lists: {[t.name for t in templates.ALL_TEMPLATE_LISTS if not t.complete]})"
-    )
-    indices, turns = matches[0]
-    encoded = encode_conversation(tokenizer, turns)
-    assert torch.equal(encoded.input_ids, ref["input_ids"].flatten()), f"{name} {indices}: input_ids differ"
-    assert torch.equal(encoded.labels, ref["labels"].flatten()), f"{name}: labels differ"
-    assert torch.equal(encoded.seg_ids, ref["seg_ids"].flatten()), f"{name}: seg_ids differ"
-    if "cond_ids" in ref:
-        assert torch.equal(encoded.cond_ids, ref["cond_ids"].flatten()), f"{name}: cond_ids differ"
+    _reproduce(name, meta, ref, tokenizer)
 
 
 def test_every_task_has_a_fixture_rebuilder():
-    assert set(_CANDIDATES) == set(Task)
+    assert set(_REBUILDERS) == set(Task)
+
+
+# ------------------------------------------------------------- fallback for templates we do not list
+_BUILDER_MODULES = (templates, generic, referring, reasoning, gcg, interactive, visual_grounding)
+
+
+def _drop_templates(
+    monkeypatch: pytest.MonkeyPatch, template_list: templates.TemplateList, *dropped: str
+) -> None:
+    """Simulate a list that lacks ``dropped`` (same name and official size) wherever it is imported."""
+    kept = tuple(t for t in template_list.templates if t not in dropped)
+    assert len(kept) == len(template_list) - len(set(dropped)) and kept
+    reduced = dataclasses.replace(template_list, templates=kept)
+    patched = 0
+    for module in _BUILDER_MODULES:
+        for attribute, value in vars(module).items():
+            if value is template_list:
+                monkeypatch.setattr(module, attribute, reduced)
+                patched += 1
+    assert patched >= 2  # the templates module and at least one builder
+
+
+def _fake_fixture(
+    tokenizer: Any, task: Task, turns: list[Turn], **prompt_fields: Any
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A fixture-like record (official conversation layout and encoded tensors) for ``turns``."""
+    conversation = [
+        {"input": f"<|user|>\n{turn.question}<|end|>\n<|assistant|>\n", "output": f"{turn.answer}<|end|>"}
+        for turn in turns
+    ]
+    encoded = encode_conversation(tokenizer, turns)
+    ref = {key: getattr(encoded, key)[None] for key in ("input_ids", "labels", "cond_ids", "seg_ids")}
+    return {"task": task.official_name, "prompt_fields": prompt_fields, "conversation": conversation}, ref
+
+
+def test_fixture_fallback_reproduces_an_unlisted_generic_template(tokenizer, monkeypatch):
+    categories = ["wall-other-merged", "a {b}", "person"]  # braces in the field stay literal
+    unlisted = templates.GENERIC_QUESTIONS.templates[2]
+    turns = generic.build_prompt(categories, question_template=2, answer_template=4)
+    meta, ref = _fake_fixture(tokenizer, Task.GENERIC, turns, sampled_cats=categories)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _reproduce("fake", meta, ref, tokenizer).unlisted == []  # found by index: no fallback
+    _drop_templates(monkeypatch, templates.GENERIC_QUESTIONS, unlisted)
+    assert unlisted not in generic.GENERIC_QUESTIONS.templates
+    with pytest.warns(
+        UnlistedTemplateWarning, match=r"fake turn 0: .*Could you output .*'generic questions'"
+    ):
+        result = _reproduce("fake", meta, ref, tokenizer)
+    assert result.unlisted == [(0, unlisted)] and result.questions == [unlisted]
+    assert result.answers == [4] and result.turns == turns
+
+
+def test_fixture_fallback_is_per_turn(tokenizer, monkeypatch):
+    sentences = ["the small spoon", "The {coffee} cup", "a saucer"]
+    turns = referring.build_prompt(sentences, question_template=[3, 6, 3], answer_template=[0, 4, 2])
+    meta, ref = _fake_fixture(tokenizer, Task.REFERRING, turns, sampled_sents=sentences)
+    dropped = templates.REFERRING_QUESTIONS.templates[6]
+    _drop_templates(monkeypatch, templates.REFERRING_QUESTIONS, dropped)
+    with pytest.warns(UnlistedTemplateWarning) as record:
+        result = _reproduce("fake", meta, ref, tokenizer)
+    assert len(record) == 1 and "turn 1" in str(record[0].message)
+    assert result.questions == [3, dropped, 3] and result.answers == [0, 4, 2]
+
+
+def test_fixture_fallback_without_placeholders_and_for_regions(tokenizer, monkeypatch):
+    caption, spans = "A cup on a saucer.", [(0, 5), (9, 17)]
+    gcg_turns = gcg.build_training_prompt(caption, spans, question_template=1, answer_template=3)
+    annotations = [{"tokens_positive": list(span)} for span in spans]
+    meta, ref = _fake_fixture(tokenizer, Task.GCG, gcg_turns, caption=caption, annotations=annotations)
+    _drop_templates(monkeypatch, templates.GCG_QUESTIONS, templates.GCG_QUESTIONS.templates[1])
+    with pytest.warns(UnlistedTemplateWarning, match="'gcg questions'"):
+        assert _reproduce("fake", meta, ref, tokenizer).answers == [3]
+
+    vgd_turns = visual_grounding.build_prompt(2, question_template=3, answer_template=1)
+    meta, ref = _fake_fixture(tokenizer, Task.VGD, vgd_turns, sampled_labels=[0, 1])
+    _drop_templates(
+        monkeypatch, templates.VISUAL_GROUNDING_QUESTIONS, templates.VISUAL_GROUNDING_QUESTIONS.templates[3]
+    )
+    with pytest.warns(UnlistedTemplateWarning, match="'visual grounding questions'"):
+        assert _reproduce("fake", meta, ref, tokenizer).turns == vgd_turns
+
+
+def test_fixture_fallback_does_not_hide_real_failures(tokenizer, monkeypatch):
+    def fails(turns: list[Turn], match: str, task: Task = Task.REFERRING, **fields: Any) -> None:
+        meta, ref = _fake_fixture(tokenizer, task, turns, **fields)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning either: it fails before warning
+            with pytest.raises(AssertionError, match=match):
+                _reproduce("fake", meta, ref, tokenizer)
+
+    cat = {"sampled_sents": ["cat"]}
+    # an unlisted question is accepted, but an answer must come from the (complete) answer list
+    fails([Turn("<image>\nShow me <p>cat</p>.", "Here: <SEG>.")], "no answer of the complete list", **cat)
+    # the field rendered differently (not lower-cased): a bug, not a missing template
+    fails([Turn("<image>\nShow me <p>Cat</p>.", "<SEG>.")], "does not occur exactly once", **cat)
+    # a listed template with different spacing or case: a bug, not a missing template
+    fails(
+        [Turn("<image>\nPlease segment  <p>cat</p> in this image.", "<SEG>.")],
+        "only in whitespace or case",
+        **cat,
+    )
+    fails([Turn("Please segment <p>cat</p> in this image.", "<SEG>.")], "lacks '<image>", **cat)
+    # complete lists never fall back (even with a template of the right shape)
+    query = {"sampled_sents": ["Why?"], "is_sentence": True, "explain": None}
+    fails([Turn("<image>\n<p>Why?</p> Segment it.", "<SEG>.")], "complete list", Task.REASONING, **query)
+    # a derived template must pass the list's checks (here: an extra condition phrase)
+    fails([Turn("<image>\nShow me <p>cat</p> and <p>dog</p>.", "<SEG>.")], "'<p>' exactly 0", **cat)
+    # the encoding is still compared with the stored ids
+    turns = referring.build_prompt("cat", question_template="Show me {expression}.")
+    meta, ref = _fake_fixture(tokenizer, Task.REFERRING, turns, **cat)
+    ref["labels"] = ref["labels"].clone().fill_(-100)
+    with pytest.raises(AssertionError, match="labels differ"):  # before any warning
+        _reproduce("fake", meta, ref, tokenizer)
+
+
+@pytest.mark.parity
+@pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
+@pytest.mark.parametrize("name", fixture_names("task_*.json") + fixture_names("train_*.json"))
+def test_fixture_fallback_with_the_matched_template_dropped(name, tokenizer, monkeypatch):
+    """Drop the question template each fixture matches from our list: the fallback must rebuild it."""
+    meta, ref = load(name)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = _reproduce(name, meta, ref, tokenizer)
+    rebuilder = _REBUILDERS[Task(meta["task"])](meta)
+    if rebuilder.questions is None or rebuilder.questions.complete or first.unlisted:
+        assert len(record) == len(first.unlisted)
+        pytest.skip("no template list, a complete one, or the fallback was already needed")
+    assert not record
+    used = {rebuilder.questions.templates[index] for index in first.questions}
+    if len(used) == len(rebuilder.questions):
+        pytest.skip(f"dropping {sorted(used)} would empty {rebuilder.questions.name!r}")
+    _drop_templates(monkeypatch, rebuilder.questions, *used)
+    with pytest.warns(UnlistedTemplateWarning) as record:
+        second = _reproduce(name, meta, ref, tokenizer)
+    assert second.turns == first.turns and second.answers == first.answers
+    assert {template for _, template in second.unlisted} == used and len(record) == len(second.unlisted)

@@ -18,7 +18,7 @@ import random
 from collections.abc import Sequence
 
 from .conversation import Turn
-from .templates import GCG_ANSWERS, GCG_QUESTIONS, place_image, wrap_phrase
+from .templates import GCG_ANSWERS, GCG_QUESTIONS, TemplateChoice, place_image, wrap_phrase
 
 
 def _check_spans(caption: str, spans: Sequence[tuple[int, int]]) -> None:
@@ -41,24 +41,31 @@ def tag_caption(caption: str, phrase_spans: Sequence[tuple[int, int]]) -> str:
     return caption
 
 
-def build_answer(caption: str, phrase_spans: Sequence[tuple[int, int]], *, answer_template: int = 0) -> str:
-    """The training answer: the tagged caption, stripped, one space, then the answer template."""
+def build_answer(
+    caption: str, phrase_spans: Sequence[tuple[int, int]], *, answer_template: TemplateChoice = 0
+) -> str:
+    """The training answer: the tagged caption, stripped, one space, then the answer template (an
+    index into :data:`~xsam.tasks.templates.GCG_ANSWERS` or a custom answer with one ``<SEG>``)."""
     if not phrase_spans:
         raise ValueError("a GCG answer needs at least one grounded phrase")
-    return f"{tag_caption(caption, phrase_spans).strip()} {GCG_ANSWERS.get(answer_template)}"
+    return f"{tag_caption(caption, phrase_spans).strip()} {GCG_ANSWERS.render(answer_template)}"
 
 
-def build_prompt(*, question_template: int = 0) -> list[Turn]:
-    """The inference prompt: the question only; the caption, phrases and ``<SEG>`` are generated."""
-    return [Turn(place_image(GCG_QUESTIONS.get(question_template)))]
+def build_prompt(*, question_template: TemplateChoice = 0) -> list[Turn]:
+    """The inference prompt: the question only; the caption, phrases and ``<SEG>`` are generated.
+
+    ``question_template`` is an index into :data:`~xsam.tasks.templates.GCG_QUESTIONS` or a custom
+    question (no placeholders; literal braces doubled, see :mod:`xsam.tasks.templates`).
+    """
+    return [Turn(place_image(GCG_QUESTIONS.render(question_template)))]
 
 
 def build_training_prompt(
     caption: str,
     phrase_spans: Sequence[tuple[int, int]],
     *,
-    question_template: int = 0,
-    answer_template: int = 0,
+    question_template: TemplateChoice = 0,
+    answer_template: TemplateChoice = 0,
 ) -> list[Turn]:
     """Question plus the teacher-forced answer of :func:`build_answer`."""
     (turn,) = build_prompt(question_template=question_template)

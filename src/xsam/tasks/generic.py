@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from .conversation import Turn
-from .templates import GENERIC_ANSWERS, GENERIC_QUESTIONS, place_image, wrap_phrase
+from .templates import GENERIC_ANSWERS, GENERIC_QUESTIONS, TemplateChoice, place_image, wrap_phrase
 
 # Removed in this order, anywhere in the name, before "-" becomes a space (COCO "wall-other-merged"
 # -> "wall", "door-stuff" -> "door").
@@ -129,19 +129,26 @@ def parse_category_prompt(prompt: str) -> CategorySpec:
 
 
 def build_prompt(
-    categories: Sequence[str], *, question_template: int = 0, answer_template: int | None = 0
+    categories: Sequence[str],
+    *,
+    question_template: TemplateChoice = 0,
+    answer_template: TemplateChoice | None = 0,
 ) -> list[Turn]:
     """One turn asking to segment ``categories`` (raw names, cleaned here), in the given order.
 
-    ``answer_template`` indexes :data:`~xsam.tasks.templates.GENERIC_ANSWERS` (teacher-forced
-    evaluation and training put the answer in the input); None leaves the answer to generation.
+    ``question_template`` indexes :data:`~xsam.tasks.templates.GENERIC_QUESTIONS` or is a custom
+    template with one ``{categories}`` placeholder (e.g. ``"Find {categories} in the picture."``).
+    ``answer_template`` indexes :data:`~xsam.tasks.templates.GENERIC_ANSWERS` or is a custom answer
+    with one ``<SEG>`` (teacher-forced evaluation and training put the answer in the input); None
+    leaves the answer to generation. Custom templates are checked as described in
+    :mod:`xsam.tasks.templates`.
     """
     if isinstance(categories, str):
         raise TypeError("categories must be a sequence of names, not one string")
     if not categories:
         raise ValueError("generic segmentation needs at least one category")
-    question = GENERIC_QUESTIONS.get(question_template).format(categories=format_categories(categories))
-    answer = None if answer_template is None else GENERIC_ANSWERS.get(answer_template)
+    question = GENERIC_QUESTIONS.render(question_template, categories=format_categories(categories))
+    answer = None if answer_template is None else GENERIC_ANSWERS.render(answer_template)
     return [Turn(place_image(question), answer)]
 
 

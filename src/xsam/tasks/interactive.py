@@ -12,10 +12,14 @@ import random
 
 from . import visual_grounding
 from .conversation import Turn
+from .templates import TemplateChoice
 
 
-def build_prompt(*, question_template: int = 0, answer_template: int | None = 0) -> list[Turn]:
-    """The VGD prompt over one region; indices refer to the visual-grounding template lists."""
+def build_prompt(
+    *, question_template: TemplateChoice = 0, answer_template: TemplateChoice | None = 0
+) -> list[Turn]:
+    """The VGD prompt over one region; indices refer to the visual-grounding template lists, and
+    custom template strings are accepted as in :func:`xsam.tasks.visual_grounding.build_prompt`."""
     return visual_grounding.build_prompt(
         1, question_template=question_template, answer_template=answer_template
     )

@@ -20,6 +20,7 @@ from .templates import (
     REASONING_EXPLANATORY_QUESTIONS,
     REASONING_LONG_QUESTIONS,
     REASONING_SHORT_QUESTIONS,
+    TemplateChoice,
     TemplateList,
     per_turn,
     place_image,
@@ -42,22 +43,25 @@ def build_turn(
     *,
     is_sentence: bool,
     explanation: str | None = None,
-    question_template: int = 0,
-    answer_template: int | None = 0,
+    question_template: TemplateChoice = 0,
+    answer_template: TemplateChoice | None = 0,
 ) -> Turn:
     """One (question, answer) turn, without the image placeholder.
 
     With ``explanation`` the question comes from the explanatory list (``is_sentence`` is then
     irrelevant) and the answer is ``explanation + " " + REASONING_EXPLANATORY_ANSWERS[i]``.
-    ``answer_template=None`` leaves the answer to generation.
+    A template choice is an index into the list :func:`question_templates` picks (answers:
+    :data:`~xsam.tasks.templates.REASONING_ANSWERS` or the explanatory answers) or a custom template
+    string (questions with one ``{query}``, answers with one ``<SEG>``; see
+    :mod:`xsam.tasks.templates`). ``answer_template=None`` leaves the answer to generation.
     """
     questions = question_templates(is_sentence=is_sentence, explanatory=explanation is not None)
-    question = questions.get(question_template).format(query=wrap_phrase(query.strip()))
+    question = questions.render(question_template, query=wrap_phrase(query.strip()))
     if answer_template is None:
         return Turn(question)
     if explanation is None:
-        return Turn(question, REASONING_ANSWERS.get(answer_template))
-    return Turn(question, f"{explanation} {REASONING_EXPLANATORY_ANSWERS.get(answer_template)}")
+        return Turn(question, REASONING_ANSWERS.render(answer_template))
+    return Turn(question, f"{explanation} {REASONING_EXPLANATORY_ANSWERS.render(answer_template)}")
 
 
 def build_prompt(
@@ -65,13 +69,14 @@ def build_prompt(
     *,
     is_sentence: bool,
     explanation: str | None = None,
-    question_template: int | Sequence[int] = 0,
-    answer_template: int | Sequence[int] | None = 0,
+    question_template: TemplateChoice | Sequence[TemplateChoice] = 0,
+    answer_template: TemplateChoice | Sequence[TemplateChoice] | None = 0,
 ) -> list[Turn]:
     """One turn per query (evaluation: one); ``<image>\\n`` opens the first question.
 
-    Template indices are one int for every turn or one per turn; ``answer_template=None`` (one
-    query only) leaves the answer to generation. ``explanation`` applies to every turn.
+    Template choices (indices or custom template strings, see :func:`build_turn`) are one for every
+    turn or a sequence with one per turn; ``answer_template=None`` (one query only) leaves the
+    answer to generation. ``explanation`` applies to every turn.
     """
     queries = [queries] if isinstance(queries, str) else list(queries)
     if not queries:
@@ -85,10 +90,10 @@ def build_prompt(
             query,
             is_sentence=is_sentence,
             explanation=explanation,
-            question_template=question_index,
-            answer_template=answer_index,
+            question_template=question_choice,
+            answer_template=answer_choice,
         )
-        for query, question_index, answer_index in zip(queries, questions, answers, strict=True)
+        for query, question_choice, answer_choice in zip(queries, questions, answers, strict=True)
     ]
     turns[0].question = place_image(turns[0].question)
     return turns

@@ -12,7 +12,14 @@ import random
 from collections.abc import Sequence
 
 from .conversation import Turn
-from .templates import REFERRING_ANSWERS, REFERRING_QUESTIONS, per_turn, place_image, wrap_phrase
+from .templates import (
+    REFERRING_ANSWERS,
+    REFERRING_QUESTIONS,
+    TemplateChoice,
+    per_turn,
+    place_image,
+    wrap_phrase,
+)
 
 
 def format_expression(expression: str) -> str:
@@ -20,21 +27,26 @@ def format_expression(expression: str) -> str:
     return wrap_phrase(expression.strip().lower())
 
 
-def build_question(expression: str, *, question_template: int = 0) -> str:
-    """The question of one turn, without the image placeholder."""
-    return REFERRING_QUESTIONS.get(question_template).format(expression=format_expression(expression))
+def build_question(expression: str, *, question_template: TemplateChoice = 0) -> str:
+    """The question of one turn, without the image placeholder; ``question_template`` is an index
+    into :data:`~xsam.tasks.templates.REFERRING_QUESTIONS` or a custom template with one
+    ``{expression}`` placeholder."""
+    return REFERRING_QUESTIONS.render(question_template, expression=format_expression(expression))
 
 
 def build_prompt(
     expressions: str | Sequence[str],
     *,
-    question_template: int | Sequence[int] = 0,
-    answer_template: int | Sequence[int] | None = 0,
+    question_template: TemplateChoice | Sequence[TemplateChoice] = 0,
+    answer_template: TemplateChoice | Sequence[TemplateChoice] | None = 0,
 ) -> list[Turn]:
     """One turn per expression; ``<image>\\n`` opens the first question.
 
-    Template indices are one int for every turn or one per turn. ``answer_template=None`` leaves the
-    answer to generation, which needs exactly one expression (only the last turn may be open).
+    A template choice is an index into :data:`~xsam.tasks.templates.REFERRING_QUESTIONS` /
+    :data:`~xsam.tasks.templates.REFERRING_ANSWERS` or a custom template string (questions with one
+    ``{expression}``, answers with one ``<SEG>``; see :mod:`xsam.tasks.templates`); give one choice
+    for every turn or a sequence with one per turn. ``answer_template=None`` leaves the answer to
+    generation, which needs exactly one expression (only the last turn may be open).
     """
     expressions = [expressions] if isinstance(expressions, str) else list(expressions)
     if not expressions:
@@ -44,9 +56,9 @@ def build_prompt(
     questions = per_turn(question_template, len(expressions), "question_template")
     answers = per_turn(answer_template, len(expressions), "answer_template")
     turns = []
-    for expression, question_index, answer_index in zip(expressions, questions, answers, strict=True):
-        question = build_question(expression, question_template=question_index)
-        answer = None if answer_index is None else REFERRING_ANSWERS.get(answer_index)
+    for expression, question_choice, answer_choice in zip(expressions, questions, answers, strict=True):
+        question = build_question(expression, question_template=question_choice)
+        answer = None if answer_choice is None else REFERRING_ANSWERS.render(answer_choice)
         turns.append(Turn(question, answer))
     turns[0].question = place_image(turns[0].question)
     return turns

@@ -6,6 +6,19 @@ so the default prompt is an official one), training draws an index with :meth:`T
 and a caller-owned ``random.Random``. The official code draws uniformly at random in training *and*
 evaluation (REFERENCE §2, issue #37); a deterministic default removes that source of variance.
 
+**Custom templates.** Wherever a builder takes ``question_template`` or ``answer_template``, a
+``str`` may be given instead of an index: it is used as the template itself, for users who want
+their own prompt wording (or an official template missing from a partial list below). Templates
+are :meth:`str.format` strings (write a literal brace as ``{{`` or ``}}``). :meth:`TemplateList.get`
+accepts a custom template only when it has exactly the placeholders of the list's templates, each
+once, as plain ``{name}`` fields (e.g. ``"Segment {categories}, please."`` for
+:data:`GENERIC_QUESTIONS`; none for :data:`GCG_QUESTIONS` and the answers), and contains the
+special tokens ``<SEG>``, ``<p>``, ``</p>`` and ``<region>`` exactly as often as the listed ones
+(an answer needs its one ``<SEG>``; a question must not add condition phrases or regions of its
+own, which would shift the class order). Anything else raises ``ValueError`` naming what is
+expected. A custom template changes the text the model sees: the released weights were trained on
+the official wording only.
+
 **Partial lists.** The REFERENCE (§2) spells out most official lists verbatim, but for some it only
 quotes a few entries ("+3 near-duplicates", "(+4 similar)", "…"). Only the entries it gives in full,
 plus entries realised verbatim by the golden fixtures (``shared/parity``), are listed here; nothing
@@ -25,13 +38,16 @@ official entries, an index beyond the leading run of a partial list is *our* pos
 official one (index 0 is the official index 0 everywhere).
 
 Placeholders: ``{categories}`` (generic), ``{expression}`` (referring), ``{query}`` (reasoning),
-``{regions}`` (visual grounding, interactive). Every answer ends with the ``<SEG>`` token and the
-chat template appends ``<|end|>`` (see :mod:`xsam.tasks.conversation`).
+``{regions}`` (visual grounding, interactive); the GCG questions and every answer have none. Every
+answer ends with the ``<SEG>`` token and the chat template appends ``<|end|>`` (see
+:mod:`xsam.tasks.conversation`).
 """
 
 from __future__ import annotations
 
+import operator
 import random
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +56,36 @@ REGION = "<region>"
 SEG = "<SEG>"
 PHRASE_START = "<p>"
 PHRASE_END = "</p>"
+
+TemplateChoice = int | str
+"""What a builder's ``question_template`` / ``answer_template`` takes: an index or a custom template."""
+
+_SPECIAL_TOKENS = (SEG, PHRASE_START, PHRASE_END, REGION)
+"""Tokens that a custom template must contain as often as the listed templates do."""
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The ``{placeholders}`` of a :meth:`str.format` template, sorted, each as often as it occurs.
+
+    Raises ValueError on malformed braces and on fields that are not a plain ``{name}`` (positional
+    ``{}``, ``{0}``, attribute or index access, a conversion or a format spec).
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(
+            f"malformed template {template!r}: {error} (write literal braces as {{{{ }}}})"
+        ) from None
+    fields = []
+    for _, field, format_spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or format_spec or conversion:
+            raise ValueError(
+                f"template {template!r}: placeholders must be plain {{name}} fields, got a field {field!r}"
+            )
+        fields.append(field)
+    return tuple(sorted(fields))
 
 
 @dataclass(frozen=True)
@@ -58,13 +104,66 @@ class TemplateList:
         """True when every official template is listed."""
         return len(self.templates) == self.official_size
 
-    def get(self, index: int) -> str:
-        """The template at ``index`` (0-based, no negative indices); IndexError names the valid range."""
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The placeholders every template of the list has (see :func:`template_fields`)."""
+        return template_fields(self.templates[0])
+
+    def get(self, choice: TemplateChoice) -> str:
+        """The template at index ``choice`` (0-based, no negative indices), or ``choice`` itself when
+        it is a string: a custom template, checked against the list (see the module docstring).
+
+        IndexError names the valid range, ValueError the expected placeholders or special tokens,
+        TypeError reports a choice that is neither an index nor a string.
+        """
+        if isinstance(choice, str):
+            return self._check_custom(choice)
+        if isinstance(choice, bool):
+            raise TypeError(f"{self.name}: template choice must be an index or a template string, not a bool")
+        try:
+            index = operator.index(choice)
+        except TypeError:
+            raise TypeError(
+                f"{self.name}: template choice must be an index or a template string, "
+                f"got {type(choice).__name__}"
+            ) from None
         if not 0 <= index < len(self.templates):
             raise IndexError(
                 f"{self.name}: template index {index} out of range (0..{len(self.templates) - 1})"
             )
         return self.templates[index]
+
+    def render(self, choice: TemplateChoice, **fields: str) -> str:
+        """:meth:`get` the template and fill in its placeholders (``str.format``)."""
+        return self.get(choice).format(**fields)
+
+    def _check_custom(self, template: str) -> str:
+        if not template.strip():
+            raise ValueError(f"{self.name}: a custom template must not be empty")
+        expected = self.fields
+        if expected:
+            shown = (
+                "exactly the placeholders " + ", ".join(f"{{{field}}}" for field in expected) + ", each once"
+            )
+        else:
+            shown = "no placeholders"
+        try:
+            found = template_fields(template)
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}; a custom template needs {shown}") from None
+        if found != expected:
+            found_shown = ", ".join(f"{{{field}}}" for field in found) or "none"
+            raise ValueError(
+                f"{self.name}: custom template {template!r} must have {shown} (found {found_shown})"
+            )
+        for token in _SPECIAL_TOKENS:
+            want, got = self.templates[0].count(token), template.count(token)
+            if got != want:
+                raise ValueError(
+                    f"{self.name}: custom template {template!r} must contain {token!r} exactly {want} "
+                    f"time(s), found {got}"
+                )
+        return template
 
     def draw(self, rng: random.Random) -> int:
         """A uniformly drawn index, for training."""
@@ -86,13 +185,17 @@ def place_image(question: str) -> str:
     return f"{IMAGE}\n{body}".strip()
 
 
-def per_turn(choice: int | Sequence[int] | None, count: int, name: str) -> list[int | None]:
-    """Expand a template choice to one entry per turn: an int or None repeats, a sequence must match."""
-    if choice is None or isinstance(choice, int):
+def per_turn(
+    choice: TemplateChoice | Sequence[TemplateChoice] | None, count: int, name: str
+) -> list[TemplateChoice | None]:
+    """Expand a template choice to one entry per turn: an index, a template string or None repeats,
+    a sequence (one choice per turn) must match the number of turns."""
+    if choice is None or isinstance(choice, (int, str)):
         return [choice] * count
-    if len(choice) != count:
-        raise ValueError(f"{name}: got {len(choice)} template indices for {count} turns")
-    return list(choice)
+    choices = list(choice)
+    if len(choices) != count:
+        raise ValueError(f"{name}: got {len(choices)} template choices for {count} turns")
+    return choices
 
 
 # ------------------------------------------------------------------------------ generic / open-vocab

@@ -11,7 +11,14 @@ from __future__ import annotations
 import random
 
 from .conversation import Turn
-from .templates import REGION, VISUAL_GROUNDING_ANSWERS, VISUAL_GROUNDING_QUESTIONS, place_image, wrap_phrase
+from .templates import (
+    REGION,
+    VISUAL_GROUNDING_ANSWERS,
+    VISUAL_GROUNDING_QUESTIONS,
+    TemplateChoice,
+    place_image,
+    wrap_phrase,
+)
 
 
 def format_regions(num_regions: int) -> str:
@@ -22,12 +29,21 @@ def format_regions(num_regions: int) -> str:
 
 
 def build_prompt(
-    num_regions: int, *, question_template: int = 0, answer_template: int | None = 0
+    num_regions: int,
+    *,
+    question_template: TemplateChoice = 0,
+    answer_template: TemplateChoice | None = 0,
 ) -> list[Turn]:
-    """One turn over ``num_regions`` region prompts; ``answer_template=None`` leaves the answer to
-    generation."""
-    question = VISUAL_GROUNDING_QUESTIONS.get(question_template).format(regions=format_regions(num_regions))
-    answer = None if answer_template is None else VISUAL_GROUNDING_ANSWERS.get(answer_template)
+    """One turn over ``num_regions`` region prompts.
+
+    ``question_template`` indexes :data:`~xsam.tasks.templates.VISUAL_GROUNDING_QUESTIONS` or is a
+    custom template with one ``{regions}`` placeholder (the regions are filled in there; the
+    template itself must not contain ``<region>``); ``answer_template`` indexes
+    :data:`~xsam.tasks.templates.VISUAL_GROUNDING_ANSWERS` or is a custom answer with one
+    ``<SEG>``, and None leaves the answer to generation. See :mod:`xsam.tasks.templates`.
+    """
+    question = VISUAL_GROUNDING_QUESTIONS.render(question_template, regions=format_regions(num_regions))
+    answer = None if answer_template is None else VISUAL_GROUNDING_ANSWERS.render(answer_template)
     return [Turn(place_image(question), answer)]
 
 
