@@ -37,9 +37,13 @@ def random_model(config: XSamConfig, dtype: torch.dtype, seed: int = 0) -> XSamM
     with init_empty_weights(include_buffers=False):
         model = XSamModel(config)
     generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
+    for module_name, module in model.named_modules():
+        is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.split(".")[-1]
         for name, param in list(module.named_parameters(recurse=False)):
-            data = torch.empty(param.shape, dtype=dtype).normal_(0, 0.02, generator=generator)
+            if is_norm:  # realistic activations: norms start at weight 1, bias 0
+                data = torch.full(param.shape, 1.0 if name == "weight" else 0.0, dtype=dtype)
+            else:
+                data = torch.empty(param.shape, dtype=dtype).normal_(0, 0.02, generator=generator)
             module._parameters[name] = nn.Parameter(data, requires_grad=False)
     return model.eval()
 
@@ -70,26 +74,33 @@ def main() -> None:
     cached = XSamPredictor(model, tokenizer)
     uncached = XSamPredictor(model, tokenizer, use_cache=False)
 
-    rows = [("build random model", build_time)]
+    print(
+        f"preset={args.preset} dtype={args.dtype} threads={torch.get_num_threads()} image=640x480", flush=True
+    )
+    rows = []
+
+    def report(name: str, seconds: float) -> None:
+        rows.append((name, seconds))
+        print(f"  {name:<50}{seconds:>10.3f}", flush=True)
+
+    report("build random model", build_time)
     with torch.inference_mode():
         cold_encode, _ = timed(lambda: uncached.set_image(image))  # encoders only
         cold_total, _ = timed(
             lambda: (cached.set_image(image), cached.predict("referring", **REQUESTS["referring"]))
         )
-    rows += [
-        ("encode image (SigLIP + SAM + pixel decoder)", cold_encode),
-        ("cold prompt: set_image + prefill + referring", cold_total),
-    ]
+    report("encode image (SigLIP + SAM + pixel decoder)", cold_encode)
+    report("cold prompt: set_image + prefill + referring", cold_total)
     ratios = []
     for task, request in REQUESTS.items():
         name = task.split()[0]
         warm, _ = timed(lambda n=name, r=request: cached.predict(n, **r), args.repeats)
         full, _ = timed(lambda n=name, r=request: uncached.predict(n, **r), 1)
-        rows += [(f"cached prompt: {task}", warm), (f"uncached prompt (whole LLM input): {task}", full)]
+        report(f"cached prompt: {task}", warm)
+        report(f"uncached prompt (whole LLM input): {task}", full)
         ratios.append((task, cold_total / warm, full / warm))
 
-    print(f"\npreset={args.preset} dtype={args.dtype} threads={torch.get_num_threads()} image=640x480")
-    print(f"{'step':<52}{'seconds':>10}")
+    print(f"\n{'step':<52}{'seconds':>10}")
     for name, seconds in rows:
         print(f"{name:<52}{seconds:>10.3f}")
     print(f"\n{'task':<24}{'cold / cached':>16}{'uncached / cached':>20}")

@@ -424,6 +424,17 @@ def test_interactive_keeps_only_the_best_query_when_none_reaches_the_threshold()
     assert interactive(class_logits, mask_logits, *IDENTITY, prompt, threshold=0.25).query == 1
 
 
+def test_interactive_survives_nan_scores():
+    # degenerate logits (e.g. a random bf16 model) make some scores NaN; a mask must still come back
+    class_logits = _class_logits([[0.4], [0.3]])
+    mask_logits = _masks((slice(0, 3), slice(0, 3)), (slice(4, 8), slice(4, 8)))
+    mask_logits[0] = float("nan")
+    prompt = torch.zeros(SIDE, SIDE, dtype=torch.bool)
+    prompt[4:8, 4:8] = True
+    result = interactive(class_logits, mask_logits, *IDENTITY, prompt)
+    assert result.query == 1
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_interactive_equals_the_reference(tiny_chunks, seed):
     class_logits, mask_logits = _random_case(seed, queries=16, classes=1)

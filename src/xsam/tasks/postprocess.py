@@ -672,6 +672,8 @@ def interactive(
     )
     positions = sorted(scores)
     values = torch.tensor([scores[position] for position in positions], dtype=torch.float32)
+    # NaN scores (degenerate logits) must not empty the candidate set: rank them last
+    values = torch.nan_to_num(values, nan=float("-inf"))
     # float32 tensor comparisons, as the official ``(scores >= threshold) | (scores == scores.max())``
     keep = ((values >= threshold) | (values == values.max())).tolist()
     candidates = [position for position, kept in zip(positions, keep, strict=True) if kept]
