@@ -34,6 +34,7 @@ OURS_TO_OFFICIAL = [
     ),
     (r"class_head\.logit_scale", r"segmentor.logit_scale"),
     (r"class_head\.background\.weight", r"bg_embeds.weight"),
+    (r"closed_set_head\.classifier\.(.+)", r"segmentor.class_predictor.\1"),
     (r"language_model\.(.+)", r"llm.\1"),
 ]
 
@@ -223,3 +224,28 @@ def test_stage_two_projectors_convert_as_a_partial_initialisation(official, tmp_
         XSamModel.from_pretrained(tmp_path / "s2")
     partial = XSamModel.from_pretrained(tmp_path / "s2", allow_missing=True)
     assert torch.equal(partial.seg_projector.layers[0].weight, model.seg_projector.layers[0].weight)
+
+
+def test_stage_one_segmentor_converts_with_its_closed_set_head(tmp_path):
+    config = _small_config()
+    config.mask_decoder.num_closed_set_classes = 133
+    model = XSamModel(config)
+    stage_one = ("segmentation_encoder.", "connector.", "pixel_decoder.", "mask_decoder.", "closed_set_head.")
+    state = {_official_key(k): v for k, v in model.state_dict().items() if k.startswith(stage_one)}
+    torch.save(state, tmp_path / "s1.bin")
+    (tmp_path / "components.json").write_text(json.dumps(_component_configs(config)))
+    result = convert_checkpoint(
+        tmp_path / "s1.bin", tmp_path / "s1", component_configs=tmp_path / "components.json"
+    )
+    assert set(result.missing_modules) == {
+        "class_head",
+        "image_encoder",
+        "image_projector",
+        "language_model",
+        "llm_projector",
+        "seg_projector",
+    }
+    loaded = XSamModel.from_pretrained(tmp_path / "s1", allow_missing=True)
+    assert loaded.closed_set_head.classifier.weight.shape == (134, config.mask_decoder.hidden_dim)
+    assert torch.equal(loaded.closed_set_head.classifier.weight, model.closed_set_head.classifier.weight)
+    assert json.loads((tmp_path / "s1" / "conversion.json").read_text())["stage"] == "s1"
