@@ -44,13 +44,13 @@ from ..tasks.templates import IMAGE, place_image
 from .records import Mask, Record, Segment
 from .transforms import (
     SamInput,
-    _image_to_uint8_tensor,
-    _pad_bottom_right,
-    _rescale_and_normalise,
+    image_to_uint8_tensor,
     load_image,
+    pad_bottom_right,
     preprocess_masks,
     preprocess_sam,
     preprocess_siglip,
+    rescale_and_normalise,
     sam_scaled_size,
 )
 
@@ -499,9 +499,9 @@ def _sam_view(
     jittered, jittered_masks = scale_jitter(
         image, masks, rng, target_size=sam.image_size, scale_range=options.scale_range, resample=sam.resample
     )
-    pixels = _rescale_and_normalise(_image_to_uint8_tensor(jittered), sam.image_mean, sam.image_std)
-    canvas = _pad_bottom_right(pixels, sam.image_size, 0)
-    mask_canvas = _pad_bottom_right(torch.from_numpy(jittered_masks.astype(np.uint8)), sam.image_size, 0)
+    pixels = rescale_and_normalise(image_to_uint8_tensor(jittered), sam.image_mean, sam.image_std)
+    canvas = pad_bottom_right(pixels, sam.image_size, 0)
+    mask_canvas = pad_bottom_right(torch.from_numpy(jittered_masks.astype(np.uint8)), sam.image_size, 0)
     sam_input = SamInput(canvas, (image.height, image.width), (jittered.height, jittered.width))
     return sam_input, mask_canvas.bool()
 

@@ -133,12 +133,12 @@ def _resample_filter(resample: int) -> Image.Resampling:
         raise ValueError(f"resample={resample!r} is not a PIL resampling filter") from error
 
 
-def _image_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+def image_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image ``W x H`` -> ``(3, H, W)`` uint8 tensor."""
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _rescale_and_normalise(
+def rescale_and_normalise(
     pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> torch.Tensor:
     """``(3, H, W)`` uint8 -> float32 ``(pixels / 255 - mean) / std``.
@@ -176,7 +176,7 @@ def siglip_pixels_uint8(
         rgb = expand_to_square(rgb, mean_fill_colour(config.image_mean))
     size = config.image_size
     resized = rgb.resize((size, size), resample=_resample_filter(config.resample))
-    return _image_to_uint8_tensor(resized)
+    return image_to_uint8_tensor(resized)
 
 
 def preprocess_siglip(
@@ -188,7 +188,7 @@ def preprocess_siglip(
         ``(3, S, S)`` float32 tensor (in ``[-1, 1]`` for SigLIP's mean = std = 0.5).
     """
     pixels = siglip_pixels_uint8(image, config, pad_to_square=pad_to_square)
-    return _rescale_and_normalise(pixels, config.image_mean, config.image_std)
+    return rescale_and_normalise(pixels, config.image_mean, config.image_std)
 
 
 # --------------------------------------------------------------------------------------------- SAM
@@ -234,12 +234,12 @@ def preprocess_sam(image: ImageLike, config: SegmentationEncoderConfig) -> SamIn
     original_size = (rgb.height, rgb.width)
     scaled_size = sam_scaled_size(original_size, config.image_size)
     resized = rgb.resize((scaled_size[1], scaled_size[0]), resample=_resample_filter(config.resample))
-    pixels = _rescale_and_normalise(_image_to_uint8_tensor(resized), config.image_mean, config.image_std)
-    canvas = _pad_bottom_right(pixels, config.image_size, 0)
+    pixels = rescale_and_normalise(image_to_uint8_tensor(resized), config.image_mean, config.image_std)
+    canvas = pad_bottom_right(pixels, config.image_size, 0)
     return SamInput(pixel_values=canvas, original_size=original_size, scaled_size=scaled_size)
 
 
-def _pad_bottom_right(values: torch.Tensor, size: int, pad_value: float) -> torch.Tensor:
+def pad_bottom_right(values: torch.Tensor, size: int, pad_value: float) -> torch.Tensor:
     """Pad the last two dims of ``values`` (``(..., h, w)``, ``h, w <= size``) to ``size x size``."""
     height, width = values.shape[-2:]
     return F.pad(values, (0, size - width, 0, size - height), value=pad_value)
@@ -267,7 +267,7 @@ def _resize_and_pad_mask(mask: np.ndarray, config: SegmentationEncoderConfig, pa
     resized = Image.fromarray(np.ascontiguousarray(mask)).resize(
         (width, height), resample=Image.Resampling.NEAREST
     )
-    return _pad_bottom_right(torch.from_numpy(np.array(resized)), config.image_size, pad_value)
+    return pad_bottom_right(torch.from_numpy(np.array(resized)), config.image_size, pad_value)
 
 
 def preprocess_mask(
