@@ -825,8 +825,10 @@ def test_fixture_fallback_with_the_matched_template_dropped(name, tokenizer, mon
         first = _reproduce(name, meta, ref, tokenizer)
     rebuilder = _REBUILDERS[Task(meta["task"])](meta)
     if rebuilder.questions is None or rebuilder.questions.complete or first.unlisted:
+        # nothing to drop (chat, a complete list) or the fallback already ran: the plain
+        # reproduction above is the whole check, and it warned exactly for the unlisted templates
         assert len(record) == len(first.unlisted)
-        pytest.skip("no template list, a complete one, or the fallback was already needed")
+        return
     assert not record
     used = {rebuilder.questions.templates[index] for index in first.questions}
     if len(used) == len(rebuilder.questions):
