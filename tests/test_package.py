@@ -23,3 +23,11 @@ def test_bundled_tokenizer_is_packaged():
     from xsam.tokenizer import default_tokenizer_dir
 
     assert (default_tokenizer_dir() / "tokenizer.json").is_file()
+
+
+def test_public_names_resolve():
+    import xsam
+
+    assert xsam.Task("referring").value == "referring"
+    for name in xsam.__all__:
+        assert getattr(xsam, name) is not None

@@ -9,16 +9,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["XSamConfig", "XSamModel", "__version__", "load_tokenizer"]
+__all__ = ["Prediction", "Task", "XSamConfig", "XSamModel", "XSamPredictor", "__version__", "load_tokenizer"]
 
 if TYPE_CHECKING:
     from .config import XSamConfig
+    from .inference.prediction import Prediction
+    from .inference.predictor import XSamPredictor
     from .modeling.xsam import XSamModel
+    from .tasks.task import Task
     from .tokenizer import load_tokenizer
 
 _LAZY = {
+    "Prediction": ("xsam.inference.prediction", "Prediction"),
+    "Task": ("xsam.tasks.task", "Task"),
     "XSamConfig": ("xsam.config", "XSamConfig"),
     "XSamModel": ("xsam.modeling.xsam", "XSamModel"),
+    "XSamPredictor": ("xsam.inference.predictor", "XSamPredictor"),
     "load_tokenizer": ("xsam.tokenizer", "load_tokenizer"),
 }
 
