@@ -21,12 +21,12 @@ RLE mask, else from the image file's header.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xsam.data.formats.json_fields import as_list, field, load_json
 from xsam.data.records import Mask, Phrase, Record, Segment
 
 PathLike = str | os.PathLike
@@ -36,29 +36,6 @@ FLICKR_MIN_WORDS = 3
 
 
 # ---------------------------------------------------------------------------------- shared helpers
-def _load_json(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-def _field(entry: Any, key: str, where: str) -> Any:
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    if key not in entry:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return entry[key]
-
-
-def _list(value: Any, what: str, where: str) -> list:
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: {what} must be a JSON list, got {type(value).__name__}")
-    return value
 
 
 def _normalize(text: str) -> str:
@@ -153,19 +130,19 @@ def read_grandf(json_path: PathLike, image_dir: PathLike, *, source: str = "gran
     {"token_positives": [start, end], "rle_masks": [RLE, ...]}}}``; ``height`` / ``width`` are
     optional. Each grounding becomes one phrase whose masks are its RLEs.
     """
-    data = _list(_load_json(json_path), "the top level", str(json_path))
+    data = as_list(load_json(json_path), "the top level", str(json_path))
     records = []
     for index, entry in enumerate(data):
         where = f"{json_path}: entry {index}"
-        caption = _normalize(_field(entry, "caption", where))
-        groundings = _field(entry, "groundings", where)
+        caption = _normalize(field(entry, "caption", where))
+        groundings = field(entry, "groundings", where)
         if not isinstance(groundings, Mapping):
             raise ValueError(f"{where}: 'groundings' must be an object mapping phrase -> grounding")
         parsed = [
             (text, *_grounding(grounding, f"{where}: grounding {text!r}"))
             for text, grounding in groundings.items()
         ]
-        image_path = Path(image_dir) / _field(entry, "file_name", where)
+        image_path = Path(image_dir) / field(entry, "file_name", where)
         size = _image_size(entry, [rle for *_, rles in parsed for rle in rles], image_path, where)
         phrases = [
             Phrase(start, end, segmentation_masks(rles, *size, where=f"{where}: grounding {text!r}"))
@@ -182,12 +159,12 @@ def read_grandf(json_path: PathLike, image_dir: PathLike, *, source: str = "gran
 
 def _grounding(grounding: Any, where: str) -> tuple[int, int, list]:
     """``(start, end, rle_masks)`` of one GranD-f grounding."""
-    span = _list(_field(grounding, "token_positives", where), "'token_positives'", where)
+    span = as_list(field(grounding, "token_positives", where), "'token_positives'", where)
     if span and isinstance(span[0], list):  # tolerate [[start, end]] as in Flickr's tokens_positive
         span = span[0]
     if len(span) < 2:
         raise ValueError(f"{where}: 'token_positives' must be [start, end], got {span}")
-    return int(span[0]), int(span[1]), _list(_field(grounding, "rle_masks", where), "'rle_masks'", where)
+    return int(span[0]), int(span[1]), as_list(field(grounding, "rle_masks", where), "'rle_masks'", where)
 
 
 def read_refcocog_gcg(
@@ -202,23 +179,23 @@ def read_refcocog_gcg(
     refs whose sentence does not occur are dropped. ``segmentation`` is COCO polygons (one mask)
     or RLE.
     """
-    data = _list(_load_json(json_path), "the top level", str(json_path))
+    data = as_list(load_json(json_path), "the top level", str(json_path))
     records = []
     for index, wrapper in enumerate(data):
         where = f"{json_path}: entry {index}"
         if not isinstance(wrapper, Mapping) or len(wrapper) != 1:
             raise ValueError(f"{where}: expected a single-key object {{key: annotation}}")
         ((key, entry),) = wrapper.items()
-        caption = _normalize(_field(entry, "caption", where))
+        caption = _normalize(field(entry, "caption", where))
         image_path = Path(image_dir) / entry.get("img_file_name", key)
-        refs = _list(_field(entry, "refs", where), "'refs'", where)
+        refs = as_list(field(entry, "refs", where), "'refs'", where)
         located = []  # (start, end, segmentation, where) of the refs found in the caption
         for ref_index, ref in enumerate(refs):
             at = f"{where}: ref {ref_index}"
-            sentence = _normalize(_field(ref, "sentence", at))
+            sentence = _normalize(field(ref, "sentence", at))
             start = caption.find(sentence) if sentence else -1
             if start >= 0:
-                located.append((start, start + len(sentence), _field(ref, "segmentation", at), at))
+                located.append((start, start + len(sentence), field(ref, "segmentation", at), at))
         if not located:
             continue
         size = _image_size(entry, [seg for _, _, seg, _ in located if _is_rle(seg)], image_path, where)
@@ -233,11 +210,11 @@ def read_refcocog_gcg(
 def _coco_index(data: Any, path: PathLike) -> tuple[list[Mapping], dict[Any, list[Mapping]]]:
     """``(images, annotations grouped by image id)`` of a COCO-style json, in file order."""
     where = str(path)
-    images = _list(_field(data, "images", where), "'images'", where)
-    annotations = _list(_field(data, "annotations", where), "'annotations'", where)
+    images = as_list(field(data, "images", where), "'images'", where)
+    annotations = as_list(field(data, "annotations", where), "'annotations'", where)
     by_image: dict[Any, list[Mapping]] = {}
     for index, annotation in enumerate(annotations):
-        image_id = _field(annotation, "image_id", f"{where}: annotation {index}")
+        image_id = field(annotation, "image_id", f"{where}: annotation {index}")
         by_image.setdefault(image_id, []).append(annotation)
     return images, by_image
 
@@ -255,21 +232,21 @@ def read_flickr_gcg(
     Images whose caption has fewer than ``min_words`` words, or no annotation, are skipped; the
     phrase text is the caption slice (not checked against anything). Records follow image-id order.
     """
-    images, by_image = _coco_index(_load_json(json_path), json_path)
+    images, by_image = _coco_index(load_json(json_path), json_path)
     records = []
-    for image in sorted(images, key=lambda item: _field(item, "id", f"{json_path}: image")):
+    for image in sorted(images, key=lambda item: field(item, "id", f"{json_path}: image")):
         where = f"{json_path}: image {image['id']}"
-        caption = _normalize(_field(image, "caption", where))
+        caption = _normalize(field(image, "caption", where))
         annotations = by_image.get(image["id"], [])
         if len(caption.split(" ")) < min_words or not annotations:
             continue
-        image_path = Path(image_dir) / _field(image, "file_name", where)
-        sam_masks = [_field(a, "sam_mask", f"{where}: annotation {a.get('id')}") for a in annotations]
+        image_path = Path(image_dir) / field(image, "file_name", where)
+        sam_masks = [field(a, "sam_mask", f"{where}: annotation {a.get('id')}") for a in annotations]
         size = _image_size(image, sam_masks, image_path, where)
         phrases = []
         for annotation, sam_mask in zip(annotations, sam_masks, strict=True):
             at = f"{where}: annotation {annotation.get('id')}"
-            spans = _list(_field(annotation, "tokens_positive", at), "'tokens_positive'", at)
+            spans = as_list(field(annotation, "tokens_positive", at), "'tokens_positive'", at)
             if not spans:
                 raise ValueError(f"{at}: 'tokens_positive' is empty")
             start, end = spans[0][:2]
@@ -300,9 +277,9 @@ def read_gcg_eval(
 
     Raises ValueError when an image of the mask GT has no caption.
     """
-    mask_data = _load_json(mask_gt_json)
+    mask_data = load_json(mask_gt_json)
     mask_images, masks_by_image = _coco_index(mask_data, mask_gt_json)
-    _, captions_by_image = _coco_index(_load_json(caption_gt_json), caption_gt_json)
+    _, captions_by_image = _coco_index(load_json(caption_gt_json), caption_gt_json)
     category_names = {
         c["id"]: c["name"]
         for c in mask_data.get("categories") or []
@@ -310,14 +287,14 @@ def read_gcg_eval(
     }
     records = []
     for image in mask_images:
-        image_id = _field(image, "id", f"{mask_gt_json}: image")
+        image_id = field(image, "id", f"{mask_gt_json}: image")
         where = f"{mask_gt_json}: image {image_id!r}"
         if not captions_by_image.get(image_id):
             raise ValueError(f"{where} has no caption in {caption_gt_json}")
         caption_annotation = captions_by_image[image_id][0]
         image_path = Path(image_dir) / image.get("file_name", f"{image_id}.jpg")
         annotations = masks_by_image.get(image_id, [])
-        rles = [_field(a, "segmentation", f"{where}: annotation {a.get('id')}") for a in annotations]
+        rles = [field(a, "segmentation", f"{where}: annotation {a.get('id')}") for a in annotations]
         height, width = _image_size(image, rles, image_path, where)
         segments = []
         for annotation, rle in zip(annotations, rles, strict=True):
@@ -333,7 +310,7 @@ def read_gcg_eval(
                 width=width,
                 image_id=image_id,
                 source=source,
-                caption=_field(caption_annotation, "caption", f"{caption_gt_json}: image {image_id!r}"),
+                caption=field(caption_annotation, "caption", f"{caption_gt_json}: image {image_id!r}"),
                 segments=segments,
                 extra={"labels": list(caption_annotation.get("labels", []))},
             )

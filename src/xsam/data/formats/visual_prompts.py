@@ -15,7 +15,6 @@ function of ``(mask, kind, generator state)``. scipy is needed for synthesis and
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from xsam.data.formats.json_fields import as_list, field, load_json
 from xsam.data.records import Mask, Record, Segment
 
 PathLike = str | os.PathLike
@@ -258,29 +258,6 @@ def _dilated(prompt: Mask, radius: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ json helpers
-def _load_json(path: PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with path.open("r", encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-def _field(entry: Any, key: str, where: str) -> Any:
-    if not isinstance(entry, Mapping):
-        raise ValueError(f"{where}: expected a JSON object, got {type(entry).__name__}")
-    if key not in entry:
-        raise ValueError(f"{where}: missing key {key!r}")
-    return entry[key]
-
-
-def _list(value: Any, what: str, where: str) -> list:
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: {what} must be a JSON list, got {type(value).__name__}")
-    return value
 
 
 def _rle_area(rle: Mapping) -> int:
@@ -321,12 +298,12 @@ def _stored_prompts(
 
 def _coco_categories(instances_json: PathLike) -> dict[int, str]:
     """COCO category id -> name, in id order."""
-    data = _load_json(instances_json)
-    categories = _list(_field(data, "categories", str(instances_json)), "'categories'", str(instances_json))
+    data = load_json(instances_json)
+    categories = as_list(field(data, "categories", str(instances_json)), "'categories'", str(instances_json))
     names = {}
     for index, category in enumerate(categories):
         where = f"{instances_json}: category {index}"
-        names[int(_field(category, "id", where))] = str(_field(category, "name", where))
+        names[int(field(category, "id", where))] = str(field(category, "name", where))
     return dict(sorted(names.items()))
 
 
@@ -335,24 +312,24 @@ def _vgd_layout_record(
     entry: Any, where: str, image_dir: PathLike, names: Mapping[int, str], *, task: str, source: str
 ) -> Record | None:
     """One entry of the COCO-VGD layout (also X-SAM's cached interactive json)."""
-    height, width = (int(v) for v in _field(entry, "image_size", where)[:2])
+    height, width = (int(v) for v in field(entry, "image_size", where)[:2])
     segments = []
-    for index, annotation in enumerate(_list(_field(entry, "annotations", where), "'annotations'", where)):
+    for index, annotation in enumerate(as_list(field(entry, "annotations", where), "'annotations'", where)):
         at = (
             f"{where}: annotation {annotation.get('id', index) if isinstance(annotation, Mapping) else index}"
         )
-        mask = _instance_mask(_field(annotation, "segmentation", at), height, width, at)
+        mask = _instance_mask(field(annotation, "segmentation", at), height, width, at)
         if mask is None:
             continue
-        category_id = int(_field(annotation, "category_id", at))
-        stored = _field(annotation, "visual_prompts", at)
+        category_id = int(field(annotation, "category_id", at))
+        stored = field(annotation, "visual_prompts", at)
         prompts = _stored_prompts(stored, _VGD_KEYS, height, width, f"{at}: visual_prompts")
         segments.append(_segment(mask, category_id, names, annotation, prompts, at))
     if not segments:
         return None
     return Record(
         task=task,
-        image_path=Path(image_dir) / _field(entry, "image_file", where),
+        image_path=Path(image_dir) / field(entry, "image_file", where),
         height=height,
         width=width,
         image_id=entry.get("image_id"),
@@ -386,22 +363,22 @@ def _synthesized_records(
     instances_json: PathLike, image_dir: PathLike, names: Mapping[int, str], *, seed: int, source: str
 ) -> list[Record]:
     """Records over ``instances.json`` with lazily synthesised prompts (crowd instances skipped)."""
-    data = _load_json(instances_json)
+    data = load_json(instances_json)
     where = str(instances_json)
     annotations: dict[Any, list[Mapping]] = {}
-    for annotation in _list(_field(data, "annotations", where), "'annotations'", where):
-        annotations.setdefault(_field(annotation, "image_id", f"{where}: annotation"), []).append(annotation)
-    images = _list(_field(data, "images", where), "'images'", where)
+    for annotation in as_list(field(data, "annotations", where), "'annotations'", where):
+        annotations.setdefault(field(annotation, "image_id", f"{where}: annotation"), []).append(annotation)
+    images = as_list(field(data, "images", where), "'images'", where)
     records = []
-    for image in sorted(images, key=lambda item: _field(item, "id", f"{where}: image")):
+    for image in sorted(images, key=lambda item: field(item, "id", f"{where}: image")):
         at = f"{where}: image {image['id']}"
-        height, width = int(_field(image, "height", at)), int(_field(image, "width", at))
+        height, width = int(field(image, "height", at)), int(field(image, "width", at))
         segments = []
         for index, annotation in enumerate(annotations.get(image["id"], [])):
             ann_at = f"{at}: annotation {annotation.get('id', index)}"
             if annotation.get("iscrowd", 0):
                 continue
-            mask = _instance_mask(_field(annotation, "segmentation", ann_at), height, width, ann_at)
+            mask = _instance_mask(field(annotation, "segmentation", ann_at), height, width, ann_at)
             if mask is None:
                 continue
             annotation_id = int(annotation.get("id", index))
@@ -411,14 +388,14 @@ def _synthesized_records(
             }
             segments.append(
                 _segment(
-                    mask, int(_field(annotation, "category_id", ann_at)), names, annotation, prompts, ann_at
+                    mask, int(field(annotation, "category_id", ann_at)), names, annotation, prompts, ann_at
                 )
             )
         if segments:
             records.append(
                 Record(
                     task="vgd",
-                    image_path=Path(image_dir) / _field(image, "file_name", at),
+                    image_path=Path(image_dir) / field(image, "file_name", at),
                     height=height,
                     width=width,
                     image_id=image["id"],
@@ -464,7 +441,7 @@ def read_coco_vgd(
                 f"the prompts from {instances_json})"
             )
         return _synthesized_records(instances_json, image_dir, names, seed=seed, source=source)
-    data = _list(_load_json(vgd_json), "the top level", str(vgd_json))
+    data = as_list(load_json(vgd_json), "the top level", str(vgd_json))
     records = []
     for index, entry in enumerate(data):
         record = _vgd_layout_record(
@@ -479,17 +456,17 @@ def read_coco_vgd(
 def _psalm_record(
     entry: Mapping, where: str, image_dir: PathLike, names: Mapping[int, str], *, source: str
 ) -> Record | None:
-    info = _field(entry, "image_info", where)
+    info = field(entry, "image_info", where)
     height, width = (
-        int(_field(info, "height", f"{where}: image_info")),
-        int(_field(info, "width", f"{where}: image_info")),
+        int(field(info, "height", f"{where}: image_info")),
+        int(field(info, "width", f"{where}: image_info")),
     )
     segments = []
-    for index, annotation in enumerate(_list(_field(entry, "anns", where), "'anns'", where)):
+    for index, annotation in enumerate(as_list(field(entry, "anns", where), "'anns'", where)):
         at = (
             f"{where}: annotation {annotation.get('id', index) if isinstance(annotation, Mapping) else index}"
         )
-        mask = _instance_mask(_field(annotation, "segmentation", at), height, width, at)
+        mask = _instance_mask(field(annotation, "segmentation", at), height, width, at)
         prompts = _stored_prompts(annotation, _PSALM_KEYS, height, width, at)
         if mask is None or not prompts:
             continue
@@ -497,11 +474,11 @@ def _psalm_record(
             if kind in prompts:  # stored as single pixels / thin strokes; dilated as officially
                 prompts[kind] = Mask(height, width, loader=partial(_dilated, prompts[kind], radius))
         segments.append(
-            _segment(mask, int(_field(annotation, "category_id", at)), names, annotation, prompts, at)
+            _segment(mask, int(field(annotation, "category_id", at)), names, annotation, prompts, at)
         )
     if not segments:
         return None
-    file_name = entry.get("image") or _field(info, "file_name", f"{where}: image_info")
+    file_name = entry.get("image") or field(info, "file_name", f"{where}: image_info")
     return Record(
         task="interactive",
         image_path=Path(image_dir) / file_name,
@@ -538,7 +515,7 @@ def read_coco_interactive(
     sample (REFERENCE §2.6).
     """
     names = _coco_categories(instances_json) if instances_json is not None else {}
-    data = _list(_load_json(json_path), "the top level", str(json_path))
+    data = as_list(load_json(json_path), "the top level", str(json_path))
     records = []
     for index, entry in enumerate(data):
         where = f"{json_path}: entry {index}"
