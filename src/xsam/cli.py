@@ -148,12 +148,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xsam",
-        description="X-SAM: one multimodal LLM for any segmentation task, in plain PyTorch.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_describe(commands: argparse._SubParsersAction) -> None:
     describe = commands.add_parser(
         "describe",
         help="print a model's modules and parameter counts",
@@ -169,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     describe.set_defaults(handler=_describe)
 
+
+def _add_convert(commands: argparse._SubParsersAction) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert a released X-SAM checkpoint (pytorch_model.bin) to an xsam-torch directory",
@@ -186,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: as stored)")
     convert.set_defaults(handler=_convert)
 
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
         help="segment images with one task; writes an overlay PNG and a JSON per image",
@@ -238,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     predict.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
     predict.set_defaults(handler=_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xsam",
+        description="X-SAM: one multimodal LLM for any segmentation task, in plain PyTorch.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_describe(commands)
+    _add_convert(commands)
+    _add_predict(commands)
     return parser
 
 
