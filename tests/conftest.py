@@ -38,9 +38,8 @@ def pytest_sessionfinish(session, exitstatus):
     target = os.environ.get("XSAM_PARITY_REPORT")
     if not target:
         return
-    from parity_support import DIFFS, PARITY_DIR
+    from parity_support import DIFFS, PARITY_DIR, SCALES
 
+    report = {"parity_dir": str(PARITY_DIR), "exit_status": int(exitstatus), "diffs": DIFFS, "scales": SCALES}
     with open(target, "w") as handle:
-        json.dump(
-            {"parity_dir": str(PARITY_DIR), "exit_status": int(exitstatus), "diffs": DIFFS}, handle, indent=1
-        )
+        json.dump(report, handle, indent=1)
