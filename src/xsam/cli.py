@@ -148,6 +148,81 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    """The model config the samples are built for: the init directory's, else the preset's."""
+    import json
+
+    from .config import XSamConfig
+    from .modeling.xsam import FORMAT_KEY
+
+    if args.init is None:
+        return getattr(XSamConfig, args.preset)()
+    config_path = Path(args.init) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"--init {args.init}: {config_path.name} not found (not a save_pretrained directory)"
+        )
+    data = json.loads(config_path.read_text())
+    data.pop(FORMAT_KEY, None)
+    return XSamConfig.from_dict(data)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .data.samples import SampleOptions, SampleTooLongError
+    from .data.sources import build_mixture, parse_dataset_spec
+    from .tokenizer import load_tokenizer
+    from .train.loop import TrainArguments, train
+    from .train.stages import stage_preset
+
+    try:
+        stage = stage_preset(args.stage)
+        specs = [parse_dataset_spec(text) for text in args.data]
+        config = _train_config(args)
+        has_tokenizer = args.init is not None and (Path(args.init) / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(args.init if has_tokenizer else None, tokens=config.tokens)
+        dataset, _ = build_mixture(
+            specs,
+            config,
+            tokenizer,
+            data_root=Path(args.data_root) if args.data_root else None,
+            train=True,
+            seed=args.seed,
+            options=SampleOptions(scale_range=stage.scale_jitter),
+            pad_to_square=stage.image_pad_to_square,
+        )
+    except (FileNotFoundError, ValueError, KeyError, SampleTooLongError) as error:
+        print(f"xsam train: {error}", file=sys.stderr)
+        return 2
+    arguments = TrainArguments(
+        stage=stage,
+        output_dir=args.output,
+        dataset=dataset,
+        init=args.init,
+        config=args.preset,
+        max_steps=args.max_steps,
+        epochs=args.epochs if args.epochs is not None else 1.0,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        seed=args.seed,
+        resume=args.resume,
+        num_workers=args.num_workers,
+        log_with=args.log_with,
+    )
+    if args.num_points is not None:
+        arguments.num_points = args.num_points
+    try:
+        final = train(arguments)
+    except ValueError as error:  # e.g. a dataset too small for one batch per rank
+        print(f"xsam train: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {final}")
+    return 0
+
+
 def _add_describe(commands: argparse._SubParsersAction) -> None:
     describe = commands.add_parser(
         "describe",
@@ -239,6 +314,109 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=_predict)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+_DATA_FORMATS = "{data formats}"
+
+
+class _TrainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in the data formats only when help is printed (the readers import torch)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if _DATA_FORMATS in text:
+            from .data.sources import readers_help
+
+            text = text.replace(_DATA_FORMATS, readers_help())
+        return super()._fill_text(text, width, indent)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train one stage (seg_finetune / align_pretrain / mixed_finetune) with HF Accelerate",
+        description=(
+            "Train one X-SAM stage on a mixture of datasets. Every optimisation step draws all its "
+            "micro-batches, on every process, from one source. Writes log.jsonl (one JSON line per step), "
+            "checkpoints/ and final/ (a save_pretrained directory) to --output. Multi-GPU: run through "
+            "'accelerate launch --config_file configs/accelerate/ddp.yaml -m xsam.cli train ...'."
+        ),
+        epilog=(
+            "--data SPEC is FORMAT:key=value,key=value (relative paths join root=, else --data-root).\n"
+            f"{_DATA_FORMATS}\n\n"
+            "examples:\n"
+            "  xsam train --stage seg_finetune --preset official --output runs/s1 \\\n"
+            "      --data coco_panoptic:root=coco,annotations=panoptic_train2017.json,"
+            "png_dir=panoptic_train2017,image_dir=train2017\n"
+            "  accelerate launch --config_file configs/accelerate/ddp.yaml -m xsam.cli train \\\n"
+            "      --stage mixed_finetune --init runs/s2/final --output runs/s3 --data ... --data ..."
+        ),
+        formatter_class=_TrainHelpFormatter,
+    )
+    train.add_argument(
+        "--stage",
+        required=True,
+        choices=["seg_finetune", "align_pretrain", "mixed_finetune"],
+        help="the stage preset (modules, learning rates, losses)",
+    )
+    train.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="SPEC",
+        help="a data source FORMAT:key=value,... (repeatable; see the formats below)",
+    )
+    train.add_argument("--output", required=True, metavar="DIR", help="run folder (log, checkpoints, final/)")
+    train.add_argument(
+        "--init",
+        metavar="DIR",
+        help="save_pretrained / xsam convert directory to start from (missing modules stay random)",
+    )
+    train.add_argument(
+        "--preset",
+        choices=["tiny", "official"],
+        default="official",
+        help="config of a random model when --init is not given (default: official)",
+    )
+    train.add_argument("--data-root", metavar="DIR", help="folder that relative spec paths are joined to")
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=_positive, metavar="N", help="optimisation steps")
+    length.add_argument("--epochs", type=float, metavar="E", help="passes over the mixture (default: 1)")
+    train.add_argument(
+        "--batch-size", type=_positive, default=4, metavar="N", help="samples per device per micro-batch"
+    )
+    train.add_argument("--grad-accum", type=_positive, default=1, metavar="N", help="micro-batches per step")
+    train.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    train.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the LLM's activations in backward"
+    )
+    train.add_argument(
+        "--save-every", type=_positive, metavar="N", help="checkpoint period in steps (default: end only)"
+    )
+    train.add_argument(
+        "--log-every", type=_positive, default=10, metavar="N", help="console logging period in steps"
+    )
+    train.add_argument("--seed", type=int, default=0, metavar="S")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint in --output"
+    )
+    train.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loader worker processes")
+    train.add_argument(
+        "--num-points",
+        type=_positive,
+        metavar="N",
+        help="point samples per mask of the segmentation loss (default: 12544, the release)",
+    )
+    train.add_argument(
+        "--log-with", metavar="TRACKER", help="an Accelerate tracker (tensorboard, wandb, ...)"
+    )
+    train.set_defaults(handler=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsam",
@@ -248,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_describe(commands)
     _add_convert(commands)
     _add_predict(commands)
+    _add_train(commands)
     return parser
 
 
