@@ -210,6 +210,30 @@ def test_one_step_changes_exactly_the_trained_parameters(tmp_path, init_dir, sam
 # ----------------------------------------------------------------------------------------- overfit
 
 
+# ---------------------------------------------------------------------------------------- overfit
+# Measured on 2 cores with one torch thread: chat 10.4 -> 0.01 in 60 steps (6 s); generic 125.5 -> 5.3
+# (95.8 %) and referring 133.0 -> 3.2 (97.6 %) in 150 steps (~25 s each).
+OVERFIT = {"chat": (3e-3, 60), "generic": (2e-3, 150), "referring": (2e-3, 150)}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matmuls: two threads on two cores only contend
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("task", list(OVERFIT))
+def test_tiny_model_overfits_one_batch(tmp_path, init_dir, samples, task, one_thread):
+    lr, steps = OVERFIT[task]
+    stage = dataclasses.replace(mixed_finetune(), lr=lr, lr_multipliers={}, warmup_fraction=0.0, decay="step")
+    train(_args(tmp_path, init_dir, stage, {task: [samples[task]]}, max_steps=steps))
+    losses = [record["loss"] for record in _read_log(tmp_path) if "loss" in record]
+    assert len(losses) == steps
+    assert losses[-1] <= 0.1 * losses[0], f"{task}: {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
 # ------------------------------------------------------------------------------------------- resume
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, init_dir, samples):
     import shutil
