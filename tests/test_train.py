@@ -297,3 +297,22 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, init_dir, samples):
     expected, got = _state(final), _state(resumed)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_bf16_mixed_precision_and_activation_checkpointing_train(tmp_path, init_dir, samples, one_thread):
+    stage = dataclasses.replace(mixed_finetune(), warmup_fraction=0.0)
+    dataset = {"chat": [samples["chat"]], "referring": [samples["referring"]]}
+    final = train(
+        _args(
+            tmp_path,
+            init_dir,
+            stage,
+            dataset,
+            max_steps=2,
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+        )
+    )
+    losses = [record["loss"] for record in _read_log(tmp_path) if "loss" in record]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert XSamModel.from_pretrained(final).config.language_model.vocab_size == 32014
