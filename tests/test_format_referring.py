@@ -320,6 +320,7 @@ def test_polygon_rasterisation_matches_opencv(fill_rule):
 
 def test_rasterisation_matches_installed_opencv_on_random_polygons():
     import cv2  # a dev dependency: the cross-check always runs
+
     version = tuple(int(part) for part in cv2.__version__.split(".")[:2])
     fill_rule = "opencv<4.11" if version < (4, 11) else "opencv>=4.11"
     rng = np.random.default_rng(0)
