@@ -352,6 +352,21 @@ def panoptic(
     return PanopticResult(lookup[winner], segments)
 
 
+def _fold_argmax(
+    values: torch.Tensor, start: int, best: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a chunk ``(k, H, W)`` whose first entry has index ``start`` into a running per-pixel
+    ``(max value, argmax index)``; ties keep the earlier index, as one argmax over all would."""
+    index = values.argmax(dim=0)
+    value = values.gather(0, index[None])[0]
+    index = index + start
+    if best is None:
+        return value, index
+    best_value, winner = best
+    better = value > best_value
+    return torch.where(better, value, best_value), torch.where(better, index, winner)
+
+
 def _weighted_winner(
     mask_logits: torch.Tensor,
     queries: torch.Tensor,
@@ -367,21 +382,13 @@ def _weighted_winner(
     Within a chunk ``argmax`` keeps the first maximum; across chunks the running winner changes only on
     a strictly larger value, so ties go to the earliest query exactly as one argmax over all of them.
     """
-    best_value = winner = None
+    best = None
     own_areas = []
     for start, logits in _upsampled_chunks(mask_logits, queries, scaled_size, original_size, canvas_size):
         weighted = logits.sigmoid() * scores[start : start + len(logits)].view(-1, 1, 1)
         own_areas.append((weighted >= mask_threshold).flatten(1).sum(1))
-        index = weighted.argmax(dim=0)
-        value = weighted.gather(0, index[None])[0]
-        index += start
-        if best_value is None:
-            best_value, winner = value, index
-            continue
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        winner = torch.where(better, index, winner)
-    return winner, torch.cat(own_areas)
+        best = _fold_argmax(weighted, start, best)
+    return best[1], torch.cat(own_areas)
 
 
 def _number_segments(
@@ -459,20 +466,12 @@ def _resized_argmax(class_maps: torch.Tensor, original_size: tuple[int, int]) ->
     """Bilinear resize of ``(C, h, w)`` maps to ``(H, W)`` then argmax over ``C`` (first on ties)."""
     pixels = original_size[0] * original_size[1]
     step = max(1, _CHUNK_ELEMENTS // max(pixels, 1))
-    best_value = winner = None
+    best = None
     for start in range(0, class_maps.shape[0], step):
         chunk = class_maps[None, start : start + step]
         resized = F.interpolate(chunk, size=tuple(original_size), mode="bilinear", align_corners=False)[0]
-        index = resized.argmax(dim=0)
-        value = resized.gather(0, index[None])[0]
-        index += start
-        if best_value is None:
-            best_value, winner = value, index
-            continue
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        winner = torch.where(better, index, winner)
-    return winner
+        best = _fold_argmax(resized, start, best)
+    return best[1]
 
 
 # ------------------------------------------------------------------------------------------ instance
