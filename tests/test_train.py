@@ -299,7 +299,19 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, init_dir, samples):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_bf16_mixed_precision_and_activation_checkpointing_train(tmp_path, init_dir, samples, one_thread):
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state; earlier in-process runs fixed it to fp32."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_and_activation_checkpointing_train(
+    tmp_path, init_dir, samples, one_thread, fresh_accelerator_state
+):
     stage = dataclasses.replace(mixed_finetune(), warmup_fraction=0.0)
     dataset = {"chat": [samples["chat"]], "referring": [samples["referring"]]}
     final = train(
