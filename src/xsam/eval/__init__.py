@@ -1,0 +1,1 @@
+"""Evaluation: metrics (one module per family) and, later, the benchmark runner."""

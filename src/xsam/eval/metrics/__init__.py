@@ -1,0 +1,1 @@
+"""Metric families: each module accumulates per-sample statistics and computes the final numbers."""
