@@ -57,3 +57,25 @@ def test_ciou_giou_with_ignore_and_empty_union():
     result = metric.compute()
     assert result["ciou"] == pytest.approx((4 + 4) / (6 + 4))
     assert result["giou"] == pytest.approx((4 / 6 + 1 + 1) / 3)
+
+
+def test_merge_equals_one_pass():
+    rng = np.random.default_rng(3)
+    pairs = [(rng.integers(0, 4, (6, 7)), rng.integers(0, 4, (6, 7))) for _ in range(4)]
+    whole, first, second = SemanticMetric(4), SemanticMetric(4), SemanticMetric(4)
+    for index, (prediction, truth) in enumerate(pairs):
+        whole.update(prediction, truth)
+        (first if index < 2 else second).update(prediction, truth)
+    first.merge(second)
+    assert first.compute() == whole.compute()
+    with pytest.raises(ValueError, match="cannot merge 3 classes into 4"):
+        first.merge(SemanticMetric(3))
+
+    masks = [(rng.random((5, 5)) > 0.5, rng.random((5, 5)) > 0.5) for _ in range(4)]
+    whole_iou, first_iou, second_iou = MaskIoUMetric(), MaskIoUMetric(), MaskIoUMetric()
+    for index, (prediction, truth) in enumerate(masks):
+        whole_iou.update(prediction, truth)
+        (first_iou if index < 2 else second_iou).update(prediction, truth)
+    first_iou.merge(second_iou)
+    assert first_iou.compute() == pytest.approx(whole_iou.compute())
+    assert first_iou.per_sample == whole_iou.per_sample

@@ -40,6 +40,12 @@ class SemanticMetric:
             self.num_classes, self.num_classes
         )
 
+    def merge(self, other: SemanticMetric) -> None:
+        """Add another accumulator's counts (e.g. another process's share of the images)."""
+        if other.confusion.shape != self.confusion.shape:
+            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+        self.confusion += other.confusion
+
     def compute(self) -> dict[str, float]:
         true_positive = np.diag(self.confusion).astype(np.float64)
         gt_pixels = self.confusion.sum(1).astype(np.float64)
@@ -86,6 +92,12 @@ class MaskIoUMetric:
         self.intersection += intersection
         self.union += union
         self.per_sample.append(intersection / union if union else 1.0)
+
+    def merge(self, other: MaskIoUMetric) -> None:
+        """Add another accumulator's samples after this one's."""
+        self.intersection += other.intersection
+        self.union += other.union
+        self.per_sample.extend(other.per_sample)
 
     def compute(self) -> dict[str, float]:
         return {
