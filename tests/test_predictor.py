@@ -112,6 +112,24 @@ def test_prompts_do_not_leak_into_each_other(tiny_model, tokenizer):
     assert torch.equal(first.logits.mask_logits, again.logits.mask_logits)
 
 
+def test_reasoning_template_follows_is_sentence(tiny_model, tokenizer, monkeypatch):
+    from xsam.inference import predictor as module
+
+    chosen = []
+    build = module.reasoning.build_prompt
+    monkeypatch.setattr(
+        module.reasoning,
+        "build_prompt",
+        lambda text, **kw: chosen.append(kw["is_sentence"]) or build(text, **kw),
+    )
+    predictor = XSamPredictor(tiny_model, tokenizer)
+    predictor.set_image(IMAGE)
+    predictor.predict("reasoning", text="the thing", is_sentence=True)
+    predictor.predict("reasoning", text="What would a cat sit on in this picture?", is_sentence=False)
+    predictor.predict("reasoning", text="What would a cat sit on in this picture?")  # guessed: a sentence
+    assert chosen == [True, False, True]
+
+
 def test_chat_keeps_history_until_reset(tiny_model, tokenizer):
     predictor = XSamPredictor(tiny_model, tokenizer)
     predictor.set_image(IMAGE)
@@ -143,6 +161,8 @@ def test_clear_errors(tiny_model, tokenizer):
         predictor.predict("segment-everything")
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         predictor.predict("interactive", masks=np.ones((5, 5), bool))
+    with pytest.raises(ValueError, match="is_sentence= applies to reasoning only"):
+        predictor.predict("referring", text="x", is_sentence=True)
     predictor.reset_image()
     with pytest.raises(RuntimeError, match="no image"):
         predictor.predict("referring", text="x")

@@ -417,6 +417,166 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_train)
 
 
+def _key_values(items: Sequence[str] | None) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key or not value:
+            raise ValueError(f"--path expects key=value, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from .eval.benchmarks import get_benchmark
+    from .eval.evaluate import evaluate_benchmark, write_results
+    from .inference.predictor import XSamPredictor
+    from .modeling.xsam import XSamModel
+
+    state = PartialState()
+    try:
+        names = [name.strip() for text in args.benchmark for name in text.split(",") if name.strip()]
+        benchmarks = [get_benchmark(name) for name in names]
+        paths = _key_values(args.path)
+        if paths and len(benchmarks) > 1:
+            raise ValueError("--path applies to one benchmark at a time")
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+        device = args.device or state.device
+        model = XSamModel.from_pretrained(args.model, dtype=dtype, device=device)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"xsam eval: {error}", file=sys.stderr)
+        return 2
+    predictor = XSamPredictor(model)
+    results = []
+    for benchmark in benchmarks:
+        try:
+            result = evaluate_benchmark(
+                predictor,
+                benchmark,
+                data_root=args.data_root,
+                paths=paths,
+                limit=args.limit,
+                out_dir=args.out,
+                save_predictions=args.save_predictions,
+                max_new_tokens=args.max_new_tokens,
+            )
+        except (FileNotFoundError, ValueError) as error:
+            print(f"xsam eval: {benchmark.name}: {error}", file=sys.stderr)
+            return 2
+        results.append(result)
+        if state.is_main_process:
+            shown = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
+            print(f"{benchmark.name} ({result.num_samples} samples): {shown}")
+    if state.is_main_process:
+        written = write_results(results, args.out, model=str(args.model))
+        print(f"results: {written['results.json']} and {written['results.md']}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import json
+
+    from .eval.score import score_files
+
+    try:
+        metrics = score_files(
+            args.task,
+            gt_json=args.gt_json,
+            gt_dir=args.gt_dir,
+            pred_json=args.pred_json,
+            pred_dir=args.pred_dir,
+            caption_gt_json=args.caption_gt_json,
+            num_classes=args.num_classes,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"xsam score: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"task": args.task, "units": "fraction", **metrics}))
+    return 0
+
+
+_BENCHMARKS = "{benchmarks}"
+
+
+class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in the benchmark table only when help is printed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if _BENCHMARKS in text:
+            from .eval.benchmarks import benchmarks_help
+
+            text = text.replace(_BENCHMARKS, benchmarks_help())
+        return super()._fill_text(text, width, indent)
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a model on segmentation benchmarks (COCO, ADE20K, RefCOCO, ReasonSeg, GCG, ...)",
+        description=(
+            "Evaluate with the official protocol (teacher-forced answers except GCG; evaluation "
+            "thresholds) and deterministic prompts (the first template of each list). Writes "
+            "OUT/results.json (fractions) and OUT/results.md (percent). Multi-GPU: "
+            "'accelerate launch -m xsam.cli eval ...' splits the images between processes."
+        ),
+        epilog=(
+            "benchmarks (default files relative to --data-root, the official datas/ layout; "
+            f"override with --path key=value):\n{_BENCHMARKS}"
+        ),
+        formatter_class=_EvalHelpFormatter,
+    )
+    evaluate.add_argument("--model", required=True, metavar="DIR", help="a save_pretrained directory")
+    evaluate.add_argument(
+        "--benchmark",
+        required=True,
+        action="append",
+        metavar="NAME",
+        help="benchmark name or official data_name (repeatable, or comma-separated)",
+    )
+    evaluate.add_argument("--data-root", metavar="DIR", help="folder the benchmark paths are relative to")
+    evaluate.add_argument(
+        "--path", action="append", metavar="KEY=PATH", help="override one of the benchmark's file paths"
+    )
+    evaluate.add_argument("--limit", type=_positive, metavar="N", help="evaluate the first N samples only")
+    evaluate.add_argument("--out", default="xsam-eval", metavar="DIR", help="output folder")
+    evaluate.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="also write OUT/<benchmark>/predictions (the formats 'xsam score' reads)",
+    )
+    evaluate.add_argument("--max-new-tokens", type=_positive, default=512, help="GCG generation budget")
+    evaluate.add_argument("--device", help="torch device (default: this process's accelerator or cpu)")
+    evaluate.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _add_score(commands: argparse._SubParsersAction) -> None:
+    from .eval.score import SCORE_TASKS
+
+    score = commands.add_parser(
+        "score",
+        help="score saved predictions against ground truth (no model needed)",
+        description=(
+            "Print the metrics of saved predictions as one JSON object (fractions in [0, 1]). Formats: "
+            "panoptic = COCO panoptic JSON + PNG folder (gt and pred); semantic = label-PNG folders, "
+            "255 ignore; instance/vgd = COCO instances JSON + COCO results; referring/reasoning/"
+            "interactive = JSON lists of {id, segmentation RLE[, ignore RLE]}; gcg = GranD-f mask and "
+            "caption GT JSONs + a list of {image_id, caption, masks}. See docs/evaluation.md."
+        ),
+    )
+    score.add_argument("--task", required=True, choices=SCORE_TASKS)
+    score.add_argument("--gt-json", metavar="PATH", help="ground-truth JSON (GCG: the mask GT)")
+    score.add_argument("--gt-dir", metavar="DIR", help="ground-truth PNG folder (panoptic, semantic)")
+    score.add_argument("--pred-json", metavar="PATH", help="prediction JSON")
+    score.add_argument("--pred-dir", metavar="DIR", help="prediction PNG folder (panoptic, semantic)")
+    score.add_argument("--caption-gt-json", metavar="PATH", help="GCG caption ground truth")
+    score.add_argument("--num-classes", type=_positive, metavar="N", help="semantic: number of classes")
+    score.set_defaults(handler=_score)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xsam",
@@ -427,6 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(commands)
     _add_predict(commands)
     _add_train(commands)
+    _add_eval(commands)
+    _add_score(commands)
     return parser
 
 

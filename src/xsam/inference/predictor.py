@@ -168,6 +168,7 @@ class XSamPredictor:
         masks: Any = None,
         threshold: float | None = None,
         max_new_tokens: int = 512,
+        is_sentence: bool | None = None,
     ) -> Prediction:
         """Answer one prompt about the current image.
 
@@ -183,13 +184,17 @@ class XSamPredictor:
             masks: ``(H, W)`` or ``(N, H, W)`` bool arrays, one region each.
             threshold: score threshold (default: the demo setting of the task, 0.5).
             max_new_tokens: generation budget for GCG and chat.
+            is_sentence: reasoning only: pick the long-question (True) or short-question (False)
+                template, as ReasonSeg's ``is_sentence`` flag does; None guesses from the text.
 
         Visual prompts feed ``interactive`` (exactly one region) and ``vgd`` (one or more, in the
         order points, boxes, scribbles, masks).
         """
         task = Task(task)
         state = self._require_image()
-        request = self._request(task, state, text, categories, points, boxes, scribbles, masks)
+        if is_sentence is not None and task is not Task.REASONING:
+            raise ValueError(f"is_sentence= applies to reasoning only, not to '{task.value}'")
+        request = self._request(task, state, text, categories, points, boxes, scribbles, masks, is_sentence)
         spec = TASKS[task]
         self.stats.prompts += 1
         if spec.generates:
@@ -225,6 +230,7 @@ class XSamPredictor:
         boxes: Any,
         scribbles: Any,
         masks: Any,
+        is_sentence: bool | None = None,
     ) -> _Request:
         regions = _region_masks(state.original_size, points, boxes, scribbles, masks)
         spec = TASKS[task]
@@ -242,7 +248,8 @@ class XSamPredictor:
         if task is Task.REFERRING:
             return _Request(referring.build_prompt(text), [text])
         if task is Task.REASONING:
-            return _Request(reasoning.build_prompt(text, is_sentence=_is_sentence(text)), [text])
+            sentence = _is_sentence(text) if is_sentence is None else is_sentence
+            return _Request(reasoning.build_prompt(text, is_sentence=sentence), [text])
         if task is Task.GCG:
             return _Request(gcg.build_prompt(), [])
         if task is Task.CHAT:

@@ -1,0 +1,271 @@
+"""The benchmarks of REFERENCE §4: one table saying what each evaluates, where its files live and
+how it is scored.
+
+Paths are relative to ``--data-root`` and follow the official ``datas/`` layout (REFERENCE §3.4), so
+a folder prepared for the official code works as is; any path can be overridden (``--path
+key=value`` on the command line, ``paths=`` in Python). The official ``data_name`` of each benchmark
+(e.g. ``coco_panoptic_genseg``) is accepted as an alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..tasks import Task
+
+PANOPTIC, SEMANTIC, INSTANCE, MASK_IOU, GCG, VGD = (
+    "panoptic",
+    "semantic",
+    "instance",
+    "mask_iou",
+    "gcg",
+    "vgd",
+)
+"""Metric families: how a benchmark's predictions are scored."""
+
+VISUAL_PROMPT_KINDS = ("point", "scribble", "box", "mask")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluation: a task on one split of one dataset, scored by one metric family.
+
+    Attributes:
+        name: the name ``xsam eval --benchmark`` takes.
+        task: the task prompted.
+        family: :data:`PANOPTIC`, :data:`SEMANTIC`, :data:`INSTANCE`, :data:`MASK_IOU`, :data:`GCG` or
+            :data:`VGD`.
+        paths: file keys -> default paths relative to the data root (see :func:`resolve_paths`).
+        options: reader settings (``dataset``, ``split``, ``query_type``, ``prompt_kind``).
+        official_name: the official ``data_name`` (an accepted alias).
+        headline: the metric papers report for it (first column of the markdown table).
+    """
+
+    name: str
+    task: Task
+    family: str
+    paths: Mapping[str, str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    official_name: str = ""
+    headline: str = ""
+
+
+_COCO = "genseg_data/coco2017"
+_COCO_PANOPTIC = {
+    "annotations": f"{_COCO}/annotations/panoptic_val2017.json",
+    "png_dir": f"{_COCO}/annotations/panoptic_val2017",
+    "image_dir": f"{_COCO}/val2017",
+}
+_ADE = "ovseg_data/ade20k"
+_ADE_PANOPTIC = {
+    "annotations": f"{_ADE}/ade20k_panoptic_val.json",
+    "png_dir": f"{_ADE}/ade20k_panoptic_val",
+    "image_dir": f"{_ADE}/images/validation",
+}
+_GCG = "gcgseg_data/grand_f"
+_VGD = "vgdseg_data/coco_vgd"
+
+
+def _generic_benchmarks() -> list[Benchmark]:
+    return [
+        Benchmark("coco_panoptic", Task.GENERIC, PANOPTIC, _COCO_PANOPTIC, {}, "coco_panoptic_genseg", "pq"),
+        # semantic ground truth = the panoptic PNGs painted with each segment's class (crowd included,
+        # void -> 255), which is what Mask2Former's panoptic_semseg_val2017 converter writes
+        Benchmark(
+            "coco_semantic",
+            Task.GENERIC,
+            SEMANTIC,
+            _COCO_PANOPTIC,
+            {},
+            "coco_panoptic_semantic_genseg",
+            "miou",
+        ),
+        Benchmark(
+            "coco_instance",
+            Task.GENERIC,
+            INSTANCE,
+            {"annotations": f"{_COCO}/annotations/instances_val2017.json", "image_dir": f"{_COCO}/val2017"},
+            {},
+            "coco_instance_genseg",
+            "ap",
+        ),
+        Benchmark(
+            "ade20k_panoptic", Task.OPEN_VOCAB, PANOPTIC, _ADE_PANOPTIC, {}, "ade20k_panoptic_ovseg", "pq"
+        ),
+        Benchmark(
+            "ade20k_semantic",
+            Task.OPEN_VOCAB,
+            SEMANTIC,
+            {
+                "annotations": _ADE_PANOPTIC["annotations"],  # the 150 class names and thing flags
+                "label_dir": f"{_ADE}/annotations_detectron2/validation",
+                "image_dir": _ADE_PANOPTIC["image_dir"],
+            },
+            {},
+            "ade20k_semantic_ovseg",
+            "miou",
+        ),
+        Benchmark(
+            "ade20k_instance",
+            Task.OPEN_VOCAB,
+            INSTANCE,
+            {"annotations": f"{_ADE}/ade20k_instance_val.json", "image_dir": _ADE_PANOPTIC["image_dir"]},
+            {},
+            "ade20k_instance_ovseg",
+            "ap",
+        ),
+    ]
+
+
+def _referring_benchmarks() -> list[Benchmark]:
+    splits = {
+        "refcoco": ("val", "testA", "testB"),
+        "refcoco+": ("val", "testA", "testB"),
+        "refcocog": ("val", "test"),
+    }
+    return [
+        Benchmark(
+            f"{dataset}_{split}",
+            Task.REFERRING,
+            MASK_IOU,
+            {"dataset_dir": f"refseg_data/{dataset}", "image_dir": "refseg_data/images/train2014"},
+            {"dataset": dataset, "split": split},
+            f"{dataset}_{split}_refseg",
+            "ciou",
+        )
+        for dataset, dataset_splits in splits.items()
+        for split in dataset_splits
+    ]
+
+
+def _reasoning_benchmarks() -> list[Benchmark]:
+    kinds = {"all": "", "phrase": "_short", "sentence": "_long"}
+    return [
+        Benchmark(
+            f"reasonseg_{split}{suffix}",
+            Task.REASONING,
+            MASK_IOU,
+            {"split_dir": f"reaseg_data/lisa/{split}"},
+            {"query_type": query_type},
+            f"{split}_reaseg" if not suffix else f"{split}_{query_type}_reaseg",
+            "giou",
+        )
+        for split in ("val", "test")
+        for query_type, suffix in kinds.items()
+    ]
+
+
+def _gcg_benchmarks() -> list[Benchmark]:
+    return [
+        Benchmark(
+            f"gcg_{split}",
+            Task.GCG,
+            GCG,
+            {
+                "mask_gt": f"{_GCG}/annotations/val_test/{split}_gcg_coco_mask_gt.json",
+                "caption_gt": f"{_GCG}/annotations/val_test/{split}_gcg_coco_caption_gt.json",
+                "image_dir": f"{_GCG}/images/GranDf_HA_images/val_test",
+            },
+            {},
+            f"{split}_gcgseg",
+            "miou",
+        )
+        for split in ("val", "test")
+    ]
+
+
+def _visual_prompt_benchmarks() -> list[Benchmark]:
+    interactive = [
+        Benchmark(
+            f"interactive_{kind}",
+            Task.INTERACTIVE,
+            MASK_IOU,
+            {
+                "json": "intseg_data/coco_int/annotations/coco_interactive_val_psalm.json",
+                "image_dir": "intseg_data/coco_int/val2017",
+            },
+            {"prompt_kind": kind},
+            f"{kind}_intseg",
+            "giou",
+        )
+        for kind in VISUAL_PROMPT_KINDS
+    ]
+    vgd = [
+        Benchmark(
+            f"vgd_{kind}",
+            Task.VGD,
+            VGD,
+            {
+                "vgd_json": f"{_VGD}/annotations/vgdseg_val.json",
+                "instances": f"{_VGD}/coco2017/annotations/instances_val2017.json",
+                "image_dir": f"{_VGD}/coco2017/val2017",
+            },
+            {"prompt_kind": kind},
+            f"{kind}_vgdseg",
+            "ap",
+        )
+        for kind in VISUAL_PROMPT_KINDS
+    ]
+    return interactive + vgd
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    benchmark.name: benchmark
+    for benchmark in (
+        _generic_benchmarks()
+        + _referring_benchmarks()
+        + _reasoning_benchmarks()
+        + _gcg_benchmarks()
+        + _visual_prompt_benchmarks()
+    )
+}
+"""Every benchmark by name, in the order of REFERENCE §4."""
+
+_ALIASES = {benchmark.official_name: name for name, benchmark in BENCHMARKS.items()}
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """A benchmark by its name or official ``data_name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    key = _ALIASES.get(name, name)
+    if key not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[key]
+
+
+def resolve_paths(
+    benchmark: Benchmark, data_root: str | Path | None, overrides: Mapping[str, str] | None = None
+) -> dict[str, Path]:
+    """The benchmark's file paths: defaults (or ``overrides``) joined to ``data_root`` when relative.
+
+    Raises:
+        ValueError: an override names a key the benchmark does not have (the message lists its keys).
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(benchmark.paths))
+    if unknown:
+        raise ValueError(
+            f"{benchmark.name}: unknown path key(s) {', '.join(unknown)}; "
+            f"its keys are {', '.join(benchmark.paths)}"
+        )
+    root = Path(data_root).expanduser() if data_root is not None else Path()
+    resolved = {}
+    for key, default in benchmark.paths.items():
+        path = Path(overrides.get(key, default)).expanduser()
+        resolved[key] = path if path.is_absolute() else root / path
+    return resolved
+
+
+def benchmarks_help() -> str:
+    """One line per benchmark: name, task, headline metric and default files (for ``--help``)."""
+    lines = []
+    for name, benchmark in BENCHMARKS.items():
+        files = ", ".join(f"{key}={path}" for key, path in benchmark.paths.items())
+        lines.append(f"  {name} ({benchmark.task.value}, {benchmark.headline}): {files}")
+    return "\n".join(lines)

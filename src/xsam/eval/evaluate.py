@@ -1,0 +1,222 @@
+"""Run benchmarks: prompt every sample through :class:`~xsam.inference.XSamPredictor`, score, write.
+
+Protocol (REFERENCE §4): teacher-forced answers for every benchmark but GCG, which generates
+greedily; the evaluation thresholds of :data:`~xsam.tasks.task.TASKS`; SigLIP pad-to-square as the
+model config says. Unlike the official code, prompts are deterministic: the first question and answer
+template of each list, recorded in the results, so two runs give identical numbers.
+
+Several processes (``accelerate launch``) split the images between them: samples of one image stay
+on one process (its encoding is cached), the metric states are gathered and merged on the main
+process, which alone writes the results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..inference.predictor import XSamPredictor
+from ..tasks import Task, templates
+from .benchmarks import Benchmark, get_benchmark, resolve_paths
+from .evaluators import EvalSample, Evaluator, build_evaluator
+
+UNITS = "fraction"
+"""Every metric in the results is a fraction in [0, 1] (CIDEr on its own scale); tables show percent."""
+
+
+@dataclass
+class BenchmarkResult:
+    """The numbers of one benchmark run and how they were obtained."""
+
+    benchmark: str
+    task: str
+    metrics: dict[str, float]
+    num_samples: int
+    headline: str
+    protocol: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _shards(samples: Sequence[EvalSample], index: int, count: int) -> list[EvalSample]:
+    """This process's samples: whole images, dealt round-robin in order of first appearance."""
+    images: dict[str, int] = {}
+    mine = []
+    for sample in samples:
+        position = images.setdefault(str(sample.image_path), len(images))
+        if position % count == index:
+            mine.append(sample)
+    return mine
+
+
+_GENERIC = ((templates.GENERIC_QUESTIONS,), templates.GENERIC_ANSWERS)
+_VISUAL = ((templates.VISUAL_GROUNDING_QUESTIONS,), templates.VISUAL_GROUNDING_ANSWERS)
+_TEMPLATES = {
+    Task.GENERIC: _GENERIC,
+    Task.OPEN_VOCAB: _GENERIC,
+    Task.REFERRING: ((templates.REFERRING_QUESTIONS,), templates.REFERRING_ANSWERS),
+    Task.REASONING: (
+        (templates.REASONING_LONG_QUESTIONS, templates.REASONING_SHORT_QUESTIONS),
+        templates.REASONING_ANSWERS,
+    ),
+    Task.GCG: ((templates.GCG_QUESTIONS,), None),
+    Task.INTERACTIVE: _VISUAL,
+    Task.VGD: _VISUAL,
+}
+"""The template lists each benchmark task prompts with (always their first entry, see the module
+docstring); reasoning uses the long or the short list by the query's ``is_sentence`` flag."""
+
+
+def protocol(benchmark: Benchmark, evaluator: Evaluator) -> dict[str, Any]:
+    """What the numbers depend on besides the model: templates, thresholds, generation."""
+    task = benchmark.task
+    questions, answers = _TEMPLATES[task]
+    info: dict[str, Any] = {
+        "teacher_forced": not task.spec.generates,
+        "question_templates": [question.get(0) for question in questions],
+        "answer_template": None if answers is None else answers.get(0),
+        "score_threshold": evaluator.threshold,
+        "mask_threshold": task.spec.mask_threshold,
+        **dict(benchmark.options),
+    }
+    if task is Task.GCG:
+        info["max_new_tokens"] = evaluator.max_new_tokens
+    if hasattr(evaluator, "synthesized"):
+        info["visual_prompts"] = "synthesised from instances" if evaluator.synthesized else "from file"
+    return info
+
+
+def evaluate_benchmark(
+    predictor: XSamPredictor,
+    benchmark: str | Benchmark,
+    *,
+    data_root: str | Path | None = None,
+    paths: Mapping[str, str] | None = None,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    save_predictions: bool = False,
+    max_new_tokens: int = 512,
+    progress: bool = True,
+) -> BenchmarkResult:
+    """Evaluate one benchmark; in a multi-process launch every process must call this.
+
+    Args:
+        predictor: wraps the model (on its device and dtype).
+        benchmark: a :class:`Benchmark` or its name / official ``data_name``.
+        data_root: the folder the benchmark's default paths are relative to.
+        paths: overrides of the benchmark's file paths (keys of ``Benchmark.paths``).
+        limit: evaluate only the first ``limit`` samples (in dataset order).
+        out_dir: with ``save_predictions``, predictions go to ``out_dir/<benchmark>/``.
+        save_predictions: also write the predictions in the format ``xsam score`` reads (COCO
+            results, COCO panoptic, label PNGs, or RLE lists; see ``docs/evaluation.md``).
+        max_new_tokens: generation budget of GCG.
+        progress: show a progress bar (main process only).
+
+    Raises:
+        ValueError / FileNotFoundError: unknown benchmark or path key, missing files, no samples.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    state = PartialState()
+    benchmark = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if save_predictions and out_dir is None:
+        raise ValueError("save_predictions needs out_dir")
+    evaluator = build_evaluator(
+        benchmark, resolve_paths(benchmark, data_root, paths), max_new_tokens=max_new_tokens
+    )
+    samples = evaluator.samples[:limit] if limit is not None else evaluator.samples
+    folder = Path(out_dir) / benchmark.name if out_dir is not None else None
+    start = time.perf_counter()
+    entries: list[dict[str, Any]] = []
+    current_image = None
+    bar = tqdm(
+        _shards(samples, state.process_index, state.num_processes),
+        desc=benchmark.name,
+        disable=not (progress and state.is_main_process),
+    )
+    for sample in bar:
+        if sample.image_path != current_image:
+            predictor.set_image(sample.image_path)
+            current_image = sample.image_path
+        prediction = predictor.predict(**evaluator.request(sample))
+        evaluator.update(sample, prediction)
+        if save_predictions:
+            entries.extend(evaluator.save(sample, prediction, folder))
+    predictor.reset_image()
+    metrics = gather_object([evaluator.metric])
+    for metric in metrics[1:]:
+        evaluator.merge(metric)
+    entries = gather_object(entries) if save_predictions else []
+    result = BenchmarkResult(
+        benchmark=benchmark.name,
+        task=benchmark.task.value,
+        metrics=evaluator.compute() if state.is_main_process else {},
+        num_samples=len(samples),
+        headline=benchmark.headline,
+        protocol=protocol(benchmark, evaluator),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    if save_predictions and state.is_main_process:
+        result.files["predictions"] = str(evaluator.write_predictions(entries, folder))
+    return result
+
+
+def write_results(
+    results: Sequence[BenchmarkResult], out_dir: str | Path, *, model: str = ""
+) -> dict[str, Path]:
+    """``out_dir/results.json`` (every number, ``units`` stated) and ``out_dir/results.md`` (a table)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model,
+        "units": UNITS,
+        "benchmarks": {result.benchmark: result.to_dict() for result in results},
+    }
+    written = {}
+    for name, text in (
+        ("results.json", json.dumps(payload, indent=2)),
+        ("results.md", results_table(results)),
+    ):
+        path = out_dir / name
+        temporary = path.with_name(name + ".tmp")
+        temporary.write_text(text + "\n")
+        temporary.replace(path)
+        written[name] = path
+    return written
+
+
+def results_table(results: Sequence[BenchmarkResult]) -> str:
+    """A markdown table: one row per benchmark, the headline metric first, values in percent."""
+    lines = ["| benchmark | task | samples | headline | metrics (%) |", "|---|---|---:|---|---|"]
+    for result in results:
+        headline = result.metrics.get(result.headline)
+        shown = "n/a" if headline is None else _percent(result.headline, headline)
+        others = ", ".join(f"{key} {_percent(key, value)}" for key, value in result.metrics.items())
+        lines.append(
+            f"| {result.benchmark} | {result.task} | {result.num_samples} | "
+            f"{result.headline} {shown} | {others} |"
+        )
+    lines.append("")
+    lines.append("Values are percent (CIDEr ×100 as usual); `results.json` holds the fractions.")
+    return "\n".join(lines)
+
+
+def _percent(key: str, value: float) -> str:
+    if isinstance(value, float) and value != value:  # NaN
+        return "nan"
+    if key in ("n", "n_th", "n_st"):
+        return str(int(value))
+    if value < 0:  # pycocotools' -1: no ground truth in that size bucket
+        return "n/a"
+    return f"{100 * value:.2f}"
