@@ -332,6 +332,16 @@ def test_chat_with_and_without_image(tokenizer, image_path):
     )
 
 
+def test_chat_record_without_stated_size_takes_the_images(tokenizer, image_path):
+    """LLaVA's JSON has no image sizes: the reader leaves 0 x 0 and the image file decides."""
+    record = Record(
+        task="chat", image_path=image_path, height=0, width=0, source="llava", conversations=LLAVA
+    )
+    sample = _build(record, tokenizer)
+    with Image.open(image_path) as image:
+        assert sample.meta["original_size"] == (image.height, image.width)
+
+
 def test_chat_truncates_freely(tokenizer, image_path):
     sample = _build(_record("chat", image_path, conversations=LLAVA), tokenizer, max_length=12)
     assert len(sample.input_ids) == 12

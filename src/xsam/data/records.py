@@ -107,6 +107,7 @@ class Record:
     ``expressions`` for referring and reasoning; ``caption`` + ``phrases`` for GCG;
     ``conversations`` (LLaVA turns ``{"from": "human"|"gpt", "value": str}``) for chat.
     ``ignore_mask`` marks pixels excluded from losses and metrics (ReasonSeg "ignore" polygons).
+    ``height`` and ``width`` are 0 when the annotation does not state them (LLaVA); the image decides.
     """
 
     task: str

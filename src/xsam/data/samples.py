@@ -526,7 +526,8 @@ def _load_record_image(record: Record) -> Image.Image | None:
     if record.image_path is None:
         return None
     image = load_image(record.image_path)
-    if (image.height, image.width) != (record.height, record.width):
+    size_known = record.height > 0 and record.width > 0  # LLaVA's JSON states no sizes (0 x 0)
+    if size_known and (image.height, image.width) != (record.height, record.width):
         raise ValueError(
             f"record {record.image_id!r}: image {record.image_path} is {image.height}x{image.width}, "
             f"the record says {record.height}x{record.width}"
@@ -599,7 +600,7 @@ def build_sample(
         pixel_values = preprocess_siglip(image, config.image_encoder, pad_to_square=square)
         stacked = [mask for target in draft.targets for mask in target.masks] + draft.region_prompts
         stacked += [] if draft.ignore is None else [draft.ignore]
-        shape = (0, record.height, record.width)
+        shape = (0, image.height, image.width)
         masks = np.stack(stacked).astype(bool) if stacked else np.zeros(shape, dtype=bool)
         sam_input, canvas = _sam_view(image, masks, config, rng, options)
         sam_pixel_values = sam_input.pixel_values
