@@ -5,7 +5,7 @@ import pytest
 from xsam.config import ConnectorConfig, XSamConfig
 
 
-@pytest.mark.parametrize("preset", [XSamConfig.official, XSamConfig.tiny])
+@pytest.mark.parametrize("preset", [XSamConfig.official, XSamConfig.small, XSamConfig.tiny])
 def test_round_trip(preset, tmp_path):
     config = preset()
     assert XSamConfig.from_dict(config.to_dict()) == config
@@ -33,6 +33,20 @@ def test_official_token_counts():
     assert config.num_image_tokens == 1753
     assert config.mask_size == 128
     assert config.language_model.vocab_size == 32014
+
+
+def test_small_preset_is_the_release_structure_at_small_widths():
+    import torch
+
+    from xsam.modeling.xsam import XSamModel
+
+    config = XSamConfig.small()
+    assert config.num_image_tokens == 64 + 256 and config.mask_size == 64
+    assert config.language_model.vocab_size == 32014  # the real Phi-3 vocabulary
+    with torch.device("meta"):
+        model = XSamModel(config)
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 10e6 < parameters < 25e6  # under 50 MB when stored in 16-bit floats
 
 
 def test_inconsistent_connector_is_rejected():

@@ -80,6 +80,8 @@ def test_train_writes_a_loadable_final_model_and_a_log(tmp_path, one_thread):
         str(output),
         "--max-steps",
         "2",
+        "--lr",
+        "3e-3",
     ]
     assert main([*argv, *FAST]) == 0
     model = XSamModel.from_pretrained(output / "final")
@@ -88,6 +90,7 @@ def test_train_writes_a_loadable_final_model_and_a_log(tmp_path, one_thread):
     steps = [record for record in records if "step" in record]
     assert [record["step"] for record in steps] == [1, 2]
     assert all(record["sources"] == [["coco_panoptic"]] for record in steps)
+    assert 4e-5 < max(record["lr"] for record in steps) <= 3e-3  # --lr overrides the preset's 4e-5
     assert len(records[-1]["final_parameter_checksums"]) == 1
 
 

@@ -272,6 +272,57 @@ class XSamConfig:
             sampler=SamplerConfig(num_points=16),
         )
 
+    @classmethod
+    def small(cls) -> XSamConfig:
+        """The bundled default model's architecture: the released structure at CPU-trainable widths.
+
+        SigLIP sees 112 px (8x8 = 64 tokens); SAM sees 256 px with 8 px patches (32x32 grid, 4 blocks),
+        so masks come out at 64x64 (1/4 of the canvas, finer than the release's 1/8 to resolve small
+        shapes); the LLM is a 4-layer Phi-3 of width 192 over the full 32014-token vocabulary.
+        """
+        llm = dict(_OFFICIAL_PHI3)
+        llm.update(
+            hidden_size=192,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=3,
+            num_key_value_heads=3,
+            max_position_embeddings=1024,
+            original_max_position_embeddings=1024,
+            sliding_window=None,
+        )
+        return cls(
+            image_encoder=ImageEncoderConfig(
+                hidden_size=96,
+                intermediate_size=192,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=112,
+                patch_size=14,
+            ),
+            segmentation_encoder=SegmentationEncoderConfig(
+                hidden_size=96,
+                mlp_dim=192,
+                num_hidden_layers=4,
+                num_attention_heads=3,
+                image_size=256,
+                patch_size=8,
+                window_size=8,
+                global_attn_indexes=(1, 3),
+                output_channels=64,
+                connector_layers=(2, 3, 4),
+            ),
+            language_model=LanguageModelConfig(llm),
+            connector=ConnectorConfig(hidden_dim=64),
+            pixel_decoder=PixelDecoderConfig(
+                hidden_dim=64, mask_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128
+            ),
+            mask_decoder=MaskDecoderConfig(
+                hidden_dim=64, num_queries=32, num_layers=6, num_heads=4, ffn_dim=128
+            ),
+            sampler=SamplerConfig(num_points=64),
+        )
+
     # --------------------------------------------------------------------------------------- checking
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""

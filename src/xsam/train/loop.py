@@ -51,7 +51,7 @@ class TrainArguments:
             :class:`MixtureDataset`), or a ready :class:`MixtureDataset` (``build_mixture``'s output).
         init: a ``save_pretrained`` directory to start from (missing modules stay random), or None
             for a random model of the ``config`` preset.
-        config: ``"tiny"`` or ``"official"``, used when ``init`` is None.
+        config: ``"tiny"``, ``"small"`` or ``"official"``, used when ``init`` is None.
         max_steps: optimisation steps; None runs ``epochs`` passes over the data.
         batch_size: samples per device per micro-batch.
         grad_accum: micro-batches per optimisation step.
@@ -178,7 +178,7 @@ def build_model(args: TrainArguments, stage: StageConfig) -> XSamModel:
     closed-set head for stage 1)."""
     if args.init is not None:
         return XSamModel.from_pretrained(args.init, allow_missing=True).train()
-    presets = {"tiny": XSamConfig.tiny, "official": XSamConfig.official}
+    presets = {"tiny": XSamConfig.tiny, "small": XSamConfig.small, "official": XSamConfig.official}
     if args.config not in presets:
         raise ValueError(f"unknown config preset {args.config!r}; choose from {sorted(presets)}")
     config = presets[args.config]()
