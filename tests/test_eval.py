@@ -305,3 +305,43 @@ def test_two_process_accelerate_launch_matches_one_process(model_dir, data_root,
         assert double["benchmarks"][name]["num_samples"] == single["benchmarks"][name]["num_samples"]
         for key, value in single["benchmarks"][name]["metrics"].items():
             assert double["benchmarks"][name]["metrics"][key] == pytest.approx(value, abs=1e-9), (name, key)
+
+
+SYNTHETIC_KEYS = [
+    "pq",
+    "miou",
+    "ap",
+    "ov_pq",
+    "refer_ciou",
+    "reason_giou",
+    "gcg_ap50",
+    "gcg_miou",
+    "interactive_miou_point",
+    "interactive_miou_scribble",
+    "interactive_miou_box",
+    "interactive_miou_mask",
+    "vgd_ap_point",
+    "vgd_ap_scribble",
+    "vgd_ap_box",
+    "vgd_ap_mask",
+]
+
+
+def test_synthetic_suite_runs_on_a_generated_world(model_dir, tmp_path, capsys):
+    """``xsam synth`` then ``xsam eval --suite synthetic``: every task on the world's test split, with
+    the flat summary keys at the top of results.json."""
+    world = tmp_path / "world"
+    assert main(["synth", "--out", str(world), "--images", "4", "--image-size", "96", "--seed", "3"]) == 0
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(model_dir), "--suite", "synthetic", "--data-root", str(world)]
+    assert main([*argv, "--out", str(out), "--max-new-tokens", "4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["units"] == "fraction"
+    for key in SYNTHETIC_KEYS:
+        assert 0.0 <= results[key] <= 1.0, key
+    assert all(name.startswith("synthetic_") for name in results["benchmarks"])
+    table = (out / "results.md").read_text()
+    assert "| refer_ciou |" in table and "| synthetic_gcg |" in table
+    capsys.readouterr()
+    assert main(["synth", "--out", str(world)]) == 2  # refuses to overwrite
+    assert str(world) in capsys.readouterr().err

@@ -168,6 +168,8 @@ def _train_config(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .data.samples import SampleOptions, SampleTooLongError
     from .data.sources import build_mixture, parse_dataset_spec
     from .tokenizer import load_tokenizer
@@ -176,6 +178,8 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         stage = stage_preset(args.stage)
+        if args.lr is not None:  # e.g. a model trained from scratch needs more than the release's rates
+            stage = dataclasses.replace(stage, lr=args.lr)
         specs = [parse_dataset_spec(text) for text in args.data]
         config = _train_config(args)
         has_tokenizer = args.init is not None and (Path(args.init) / "tokenizer_config.json").is_file()
@@ -214,6 +218,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.num_points is not None:
         arguments.num_points = args.num_points
+    if args.num_closed_set_classes is not None:
+        arguments.num_closed_set_classes = args.num_closed_set_classes
     try:
         final = train(arguments)
     except ValueError as error:  # e.g. a dataset too small for one batch per rank
@@ -233,7 +239,7 @@ def _add_describe(commands: argparse._SubParsersAction) -> None:
     source.add_argument("--model", metavar="DIR", help="a save_pretrained directory")
     source.add_argument(
         "--preset",
-        choices=["official", "tiny"],
+        choices=["official", "small", "tiny"],
         default="official",
         help="a config preset (default: official)",
     )
@@ -378,7 +384,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--preset",
-        choices=["tiny", "official"],
+        choices=["tiny", "small", "official"],
         default="official",
         help="config of a random model when --init is not given (default: official)",
     )
@@ -401,6 +407,18 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--log-every", type=_positive, default=10, metavar="N", help="console logging period in steps"
     )
     train.add_argument("--seed", type=int, default=0, metavar="S")
+    train.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="base learning rate (default: the stage preset's, the release's)",
+    )
+    train.add_argument(
+        "--num-closed-set-classes",
+        type=_positive,
+        metavar="N",
+        help="stage 1: closed-set head size of a fresh model (default: 133, COCO panoptic)",
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --output"
     )
@@ -431,15 +449,19 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
-    from .eval.benchmarks import get_benchmark
-    from .eval.evaluate import evaluate_benchmark, write_results
+    from .eval.benchmarks import get_benchmark, get_suite
+    from .eval.evaluate import evaluate_benchmark, suite_summary, write_results
     from .inference.predictor import XSamPredictor
     from .modeling.xsam import XSamModel
 
     state = PartialState()
     try:
-        names = [name.strip() for text in args.benchmark for name in text.split(",") if name.strip()]
-        benchmarks = [get_benchmark(name) for name in names]
+        suite = get_suite(args.suite) if args.suite else None
+        if suite is not None:
+            benchmarks = [entry.benchmark for entry in suite]
+        else:
+            names = [name.strip() for text in args.benchmark for name in text.split(",") if name.strip()]
+            benchmarks = [get_benchmark(name) for name in names]
         paths = _key_values(args.path)
         if paths and len(benchmarks) > 1:
             raise ValueError("--path applies to one benchmark at a time")
@@ -471,7 +493,10 @@ def _eval(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
             print(f"{benchmark.name} ({result.num_samples} samples): {shown}")
     if state.is_main_process:
-        written = write_results(results, args.out, model=str(args.model))
+        summary = suite_summary(suite, results) if suite is not None else None
+        written = write_results(results, args.out, model=str(args.model), summary=summary)
+        if summary is not None:
+            print(", ".join(f"{key} {100 * value:.2f}" for key, value in summary.items()) + " (%)")
         print(f"results: {written['results.json']} and {written['results.md']}")
     return 0
 
@@ -496,6 +521,44 @@ def _score(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps({"task": args.task, "units": "fraction", **metrics}))
     return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_world
+
+    try:
+        summary = generate_world(
+            args.out, seed=args.seed, images=args.images, image_size=args.image_size, progress=True
+        )
+    except (FileExistsError, ValueError) as error:
+        print(f"xsam synth: {error}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{split} {count}" for split, count in summary["images"].items())
+    print(f"wrote the synthetic world to {args.out} ({counts} images)")
+    return 0
+
+
+def _add_synth(commands: argparse._SubParsersAction) -> None:
+    synth = commands.add_parser(
+        "synth",
+        help="generate the synthetic world (every task's data in the real public formats)",
+        description=(
+            "Procedurally generate scenes of textured stuff (sky, grass, water, sand, wall) and coloured "
+            "shapes, written in the formats the readers take: COCO panoptic/instances/semantic, REFER, "
+            "ReasonSeg, GranD-f GCG, COCO-Interactive, COCO-VGD and LLaVA, with train/val/test splits and "
+            "an open-vocabulary split of held-out colour-shape compositions. Deterministic by seed. "
+            "'xsam eval --suite synthetic --data-root OUT' evaluates a model on its test split."
+        ),
+    )
+    synth.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (must not exist or be empty)"
+    )
+    synth.add_argument("--seed", type=int, default=0, metavar="S")
+    synth.add_argument(
+        "--images", type=_positive, default=100, metavar="N", help="training images (val/test get N/10 each)"
+    )
+    synth.add_argument("--image-size", type=_positive, default=256, metavar="PX", help="image side in pixels")
+    synth.set_defaults(handler=_synth)
 
 
 _BENCHMARKS = "{benchmarks}"
@@ -529,12 +592,17 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         formatter_class=_EvalHelpFormatter,
     )
     evaluate.add_argument("--model", required=True, metavar="DIR", help="a save_pretrained directory")
-    evaluate.add_argument(
+    which = evaluate.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--benchmark",
-        required=True,
         action="append",
         metavar="NAME",
         help="benchmark name or official data_name (repeatable, or comma-separated)",
+    )
+    which.add_argument(
+        "--suite",
+        choices=["synthetic"],
+        help="a group of benchmarks with flat summary keys: 'synthetic' = the world of 'xsam synth'",
     )
     evaluate.add_argument("--data-root", metavar="DIR", help="folder the benchmark paths are relative to")
     evaluate.add_argument(
@@ -589,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_eval(commands)
     _add_score(commands)
+    _add_synth(commands)
     return parser
 
 

@@ -10,7 +10,7 @@ key=value`` on the command line, ``paths=`` in Python). The official ``data_name
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,108 @@ def get_benchmark(name: str) -> Benchmark:
     if key not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; valid benchmarks: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[key]
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One benchmark of a suite and the flat summary keys it reports (summary key -> metric)."""
+
+    benchmark: Benchmark
+    summary: Mapping[str, str]
+
+
+def _synthetic_suite() -> list[SuiteEntry]:
+    """The world of ``xsam synth``: every task on its held-out ``test`` split (``ov_test`` for the
+    open-vocabulary compositions); paths follow the layout :mod:`xsam.data.synthetic` writes."""
+
+    def entry(
+        name: str, base: str, paths: dict[str, str], summary: dict[str, str], **options: Any
+    ) -> SuiteEntry:
+        benchmark = BENCHMARKS[base]
+        return SuiteEntry(
+            replace(
+                benchmark, name=f"synthetic_{name}", paths=paths, options={**benchmark.options, **options}
+            ),
+            summary,
+        )
+
+    panoptic = {
+        "annotations": "panoptic/panoptic_test.json",
+        "png_dir": "panoptic/panoptic_test",
+        "image_dir": "images/test",
+    }
+    instances = {"annotations": "instances/instances_test.json", "image_dir": "images/test"}
+    entries = [
+        entry("panoptic", "coco_panoptic", panoptic, {"pq": "pq", "sq": "sq", "rq": "rq"}),
+        entry("semantic", "coco_semantic", panoptic, {"miou": "miou"}),
+        entry("instance", "coco_instance", instances, {"ap": "ap", "ap50": "ap50"}),
+        entry(
+            "open_vocab",
+            "ade20k_panoptic",
+            {
+                "annotations": "open_vocab/panoptic_ov_test.json",
+                "png_dir": "open_vocab/panoptic_ov_test",
+                "image_dir": "images/ov_test",
+            },
+            {"ov_pq": "pq"},
+        ),
+        entry(
+            "referring",
+            "refcoco_val",
+            {"dataset_dir": "refer", "image_dir": "images"},
+            {"refer_ciou": "ciou", "refer_giou": "giou"},
+            split="test",
+        ),
+        entry("reasoning", "reasonseg_test", {"split_dir": "reasonseg/test"}, {"reason_giou": "giou"}),
+        entry(
+            "gcg",
+            "gcg_test",
+            {
+                "mask_gt": "gcg/val_test/test_gcg_coco_mask_gt.json",
+                "caption_gt": "gcg/val_test/test_gcg_coco_caption_gt.json",
+                "image_dir": "images/test",
+            },
+            {"gcg_ap50": "ap50", "gcg_miou": "miou", "gcg_meteor": "meteor", "gcg_cider": "cider"},
+        ),
+    ]
+    for kind in VISUAL_PROMPT_KINDS:
+        entries.append(
+            entry(
+                f"interactive_{kind}",
+                f"interactive_{kind}",
+                {"json": "interactive/coco_interactive_test_psalm.json", "image_dir": "images/test"},
+                {f"interactive_miou_{kind}": "giou"},
+            )
+        )
+    for kind in VISUAL_PROMPT_KINDS:
+        entries.append(
+            entry(
+                f"vgd_{kind}",
+                f"vgd_{kind}",
+                {
+                    "vgd_json": "vgd/vgd_test.json",
+                    "instances": "instances/instances_test.json",
+                    "image_dir": "images/test",
+                },
+                {f"vgd_ap_{kind}": "ap"},
+            )
+        )
+    return entries
+
+
+SUITES: dict[str, list[SuiteEntry]] = {"synthetic": _synthetic_suite()}
+"""Named groups of benchmarks with the flat summary keys they report (``xsam eval --suite``)."""
+
+
+def get_suite(name: str) -> list[SuiteEntry]:
+    """A suite by name.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
+    return SUITES[name]
 
 
 def resolve_paths(

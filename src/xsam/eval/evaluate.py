@@ -21,7 +21,7 @@ from typing import Any
 
 from ..inference.predictor import XSamPredictor
 from ..tasks import Task, templates
-from .benchmarks import Benchmark, get_benchmark, resolve_paths
+from .benchmarks import Benchmark, SuiteEntry, get_benchmark, resolve_paths
 from .evaluators import EvalSample, Evaluator, build_evaluator
 
 UNITS = "fraction"
@@ -172,22 +172,36 @@ def evaluate_benchmark(
     return result
 
 
+def suite_summary(entries: Sequence[SuiteEntry], results: Sequence[BenchmarkResult]) -> dict[str, float]:
+    """The flat ``{summary key: value}`` of a suite run (e.g. ``pq``, ``refer_ciou``, ``vgd_ap_box``)."""
+    by_name = {result.benchmark: result for result in results}
+    return {
+        key: by_name[entry.benchmark.name].metrics[metric]
+        for entry in entries
+        for key, metric in entry.summary.items()
+    }
+
+
 def write_results(
-    results: Sequence[BenchmarkResult], out_dir: str | Path, *, model: str = ""
+    results: Sequence[BenchmarkResult],
+    out_dir: str | Path,
+    *,
+    model: str = "",
+    summary: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
-    """``out_dir/results.json`` (every number, ``units`` stated) and ``out_dir/results.md`` (a table)."""
+    """``out_dir/results.json`` (every number, ``units`` stated; a suite's flat ``summary`` keys at the
+    top) and ``out_dir/results.md`` (tables in percent)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "model": model,
-        "units": UNITS,
-        "benchmarks": {result.benchmark: result.to_dict() for result in results},
-    }
+    payload: dict[str, Any] = {"model": model, "units": UNITS}
+    if summary is not None:
+        payload.update(summary)
+    payload["benchmarks"] = {result.benchmark: result.to_dict() for result in results}
+    table = results_table(results)
+    if summary is not None:
+        table = summary_table(summary) + "\n\n" + table
     written = {}
-    for name, text in (
-        ("results.json", json.dumps(payload, indent=2)),
-        ("results.md", results_table(results)),
-    ):
+    for name, text in (("results.json", json.dumps(payload, indent=2)), ("results.md", table)):
         path = out_dir / name
         temporary = path.with_name(name + ".tmp")
         temporary.write_text(text + "\n")
@@ -209,6 +223,13 @@ def results_table(results: Sequence[BenchmarkResult]) -> str:
         )
     lines.append("")
     lines.append("Values are percent (CIDEr ×100 as usual); `results.json` holds the fractions.")
+    return "\n".join(lines)
+
+
+def summary_table(summary: Mapping[str, float]) -> str:
+    """A two-column markdown table of a suite's summary keys, in percent."""
+    lines = ["| metric | value (%) |", "|---|---:|"]
+    lines += [f"| {key} | {_percent(key, value)} |" for key, value in summary.items()]
     return "\n".join(lines)
 
 

@@ -1,0 +1,201 @@
+"""Mask geometry the synthetic world needs, in numpy alone (no scipy, no OpenCV).
+
+Masks are ``(H, W)`` bool arrays in the image frame: row ``y`` down, column ``x`` to the right. Points
+and polygons are written ``(x, y)`` in pixel units, pixel centres at integer coordinates, as the public
+formats write them (COCO ``bbox`` is ``[x, y, width, height]``, LabelMe polygons ``[[x, y], ...]``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+# The 8 neighbours as (row step, column step), clockwise on screen starting east: a boundary walk
+# that scans them in this order keeps the region on its right-hand side.
+_NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+_NEIGHBOUR_INDEX = {step: index for index, step in enumerate(_NEIGHBOURS)}
+_WEST = 4
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of an ``(H, W)`` mask: ``{"size": [H, W], "counts": str}``."""
+    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(value) for value in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """COCO ``[x, y, width, height]`` of the mask's pixels (``[0, 0, 0, 0]`` when empty)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
+    """``(x, y)`` mean pixel position of a non-empty mask."""
+    rows, cols = np.nonzero(mask)
+    return float(cols.mean()), float(rows.mean())
+
+
+def _spread_along_rows(reached: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Every free pixel lying in a horizontal run of free pixels that holds a reached pixel."""
+    starts = np.ones(free.shape, dtype=bool)
+    starts[:, 1:] = free[:, 1:] != free[:, :-1]
+    run = np.cumsum(starts.ravel()) - 1
+    hit = np.bincount(run, weights=reached.ravel()) > 0
+    return hit[run].reshape(free.shape) & free
+
+
+def has_holes(mask: np.ndarray) -> bool:
+    """Whether some background pixels are cut off from the image border by the mask (4-connected
+    background, so a diagonal gap in the mask does not close a hole)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return False
+    # a 1-px frame of background around the mask's box stands for "everything outside"
+    free = ~np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
+    reached = np.zeros_like(free)
+    reached[[0, -1], :] = free[[0, -1], :]
+    reached[:, [0, -1]] = free[:, [0, -1]]
+    # alternate row and column sweeps: each lets the reached set turn one more corner
+    while True:
+        grown = _spread_along_rows(reached, free)
+        grown = _spread_along_rows(grown.T, free.T).T
+        if np.array_equal(grown, reached):
+            return bool((free & ~reached).any())
+        reached = grown
+
+
+def trace_outline(mask: np.ndarray, start: tuple[int, int]) -> list[tuple[int, int]]:
+    """The outer boundary pixels ``(row, col)`` of the 8-connected component holding ``start``, in
+    clockwise order (Moore-neighbour tracing). ``start`` must be the component's first pixel in raster
+    order, so that its west neighbour is background."""
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    row, col = start[0] + 1, start[1] + 1
+    back, outline, first_step = _WEST, [(row - 1, col - 1)], None
+    while True:
+        for turn in range(1, 9):
+            step = _NEIGHBOURS[(back + turn) % 8]
+            if padded[row + step[0], col + step[1]]:
+                break
+        else:
+            return outline  # an isolated pixel
+        behind = _NEIGHBOURS[(back + turn - 1) % 8]
+        next_row, next_col = row + step[0], col + step[1]
+        if first_step is None:
+            first_step = (row, col, next_row, next_col)
+        elif (row, col, next_row, next_col) == first_step:
+            return outline[:-1]  # back at the start, about to repeat the first step
+        # the last background neighbour scanned, seen from the pixel we move to
+        back = _NEIGHBOUR_INDEX[(row + behind[0] - next_row, col + behind[1] - next_col)]
+        row, col = next_row, next_col
+        outline.append((row - 1, col - 1))
+
+
+def _drop_collinear(outline: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The outline without the pixels where it goes straight on (the polygon is unchanged)."""
+    if len(outline) < 3:
+        return outline
+    kept = []
+    for index, here in enumerate(outline):
+        before, after = outline[index - 1], outline[(index + 1) % len(outline)]
+        incoming = (here[0] - before[0], here[1] - before[1])
+        outgoing = (after[0] - here[0], after[1] - here[1])
+        if incoming != outgoing:
+            kept.append(here)
+    return kept
+
+
+def outline_polygons(mask: np.ndarray) -> list[list[list[int]]]:
+    """One polygon ``[[x, y], ...]`` (vertices at pixel centres) per 8-connected component of a
+    hole-free mask, in raster order of the components' first pixels.
+
+    Filled the way ReasonSeg's ground truth is painted (edges drawn, interior filled), each polygon
+    gives back its component. Components of one or two pixels
+    are left out.
+    """
+    from xsam.data.formats.reasonseg import rasterize_polygon
+
+    remaining = np.array(mask, dtype=bool)
+    height, width = remaining.shape
+    polygons = []
+    while remaining.any():
+        start = divmod(int(np.flatnonzero(remaining)[0]), width)
+        outline = trace_outline(remaining, start)
+        vertices = _drop_collinear(outline)
+        if len(vertices) < 3:  # a straight line of pixels: keep every pixel so it still draws itself
+            vertices = outline
+        points = [[col, row] for row, col in vertices]
+        if len(points) >= 3:
+            polygons.append(points)
+            remaining &= ~rasterize_polygon(points, height, width)
+        for row, col in vertices:  # also clears components too thin for a polygon
+            remaining[row, col] = False
+    return polygons
+
+
+def disk_offsets(radius: float) -> np.ndarray:
+    """``(K, 2)`` ``(row, col)`` steps of length at most ``radius``."""
+    reach = math.floor(radius)
+    steps = np.arange(-reach, reach + 1)
+    rows, cols = np.meshgrid(steps, steps, indexing="ij")
+    inside = rows**2 + cols**2 <= radius**2
+    return np.stack([rows[inside], cols[inside]], axis=1)
+
+
+def _dilate_whole(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Disk dilation of a whole array: one shifted OR per offset of the disk."""
+    reach = math.floor(radius)
+    grown = np.zeros((mask.shape[0] + 2 * reach, mask.shape[1] + 2 * reach), dtype=bool)
+    height, width = mask.shape
+    for row, col in disk_offsets(radius):
+        grown[reach + row : reach + row + height, reach + col : reach + col + width] |= mask
+    return grown[reach : reach + height, reach : reach + width]
+
+
+def _box_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The mask's bounding box grown by ``margin`` and clipped to the image; None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
+
+
+def dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Every pixel within Euclidean distance ``radius`` of a pixel of ``mask`` (``(H, W)`` bool); the
+    same pixels as :func:`xsam.data.formats.visual_prompts.dilate_disk`, without scipy."""
+    mask = np.asarray(mask, dtype=bool)
+    grown = np.zeros_like(mask)
+    box = _box_slices(mask, math.floor(radius))
+    if box is not None:  # only the seeds' box grown by the radius can change
+        grown[box] = _dilate_whole(mask[box], radius)
+    return grown
+
+
+def erode_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """The pixels of ``mask`` whose whole disk of ``radius`` lies in the mask (outside the image
+    counts as outside the mask)."""
+    mask = np.asarray(mask, dtype=bool)
+    eroded = np.zeros_like(mask)
+    box = _box_slices(mask, 0)
+    if box is not None:
+        reach = math.floor(radius)
+        local = np.pad(mask[box], reach)  # background all round the box, image border included
+        eroded[box] = ~_dilate_whole(~local, radius)[reach : -reach or None, reach : -reach or None]
+    return eroded
+
+
+def box_blur(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``(H, W)`` float mean of ``mask`` over the ``(2·radius+1)²`` window around each pixel (zero
+    padding outside the image)."""
+    size = 2 * radius + 1
+    padded = np.pad(np.asarray(mask, dtype=np.float64), radius)
+    sums = np.pad(padded.cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    window = sums[size:, size:] - sums[:-size, size:] - sums[size:, :-size] + sums[:-size, :-size]
+    return window / size**2
