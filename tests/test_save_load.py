@@ -1,5 +1,6 @@
 """save_pretrained / from_pretrained: bit-exact round trips, sharding, dtype, and clear key errors."""
 
+import copy
 import json
 
 import pytest
@@ -108,3 +109,17 @@ def test_not_a_model_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 3}))
     with pytest.raises(ValueError, match="not an xsam-torch config"):
         XSamModel.from_pretrained(tmp_path)
+
+
+def test_default_names_the_bundled_model_and_says_when_it_is_missing(model, tmp_path, monkeypatch):
+    from xsam.modeling import xsam as module
+
+    monkeypatch.setattr(module, "bundled_model_directory", lambda: tmp_path / "absent")
+    monkeypatch.chdir(tmp_path)  # no local folder called "default"
+    with pytest.raises(FileNotFoundError, match=r"scripts/train_default_model\.sh"):
+        XSamModel.from_pretrained("default")
+    copy.deepcopy(model).half().save_pretrained(tmp_path / "bundled")
+    monkeypatch.setattr(module, "bundled_model_directory", lambda: tmp_path / "bundled")
+    loaded = XSamModel.from_pretrained("default")
+    assert loaded.config == model.config
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # 16-bit storage, float32 compute

@@ -57,6 +57,32 @@ from .serialization import (
 
 FORMAT_KEY = "xsam_format"
 FORMAT_VERSION = 1
+DEFAULT_MODEL = "default"
+"""The name that :meth:`XSamModel.from_pretrained` resolves to the bundled default model."""
+
+
+def bundled_model_directory() -> Path:
+    """The folder of the default model shipped inside the package (``xsam/assets/default-model``)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "default-model"
+
+
+def resolve_model_directory(name_or_path: str | Path) -> Path:
+    """``"default"`` (unless a folder of that name exists here) is the bundled model; anything else
+    is a path.
+
+    Raises:
+        FileNotFoundError: ``"default"`` was asked for but this installation lacks the bundled model.
+    """
+    path = Path(name_or_path)
+    if str(name_or_path) != DEFAULT_MODEL or path.exists():
+        return path
+    bundled = bundled_model_directory()
+    if not (bundled / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"the bundled default model is missing from this installation ({bundled}); "
+            "reproduce it with scripts/train_default_model.sh"
+        )
+    return bundled
 
 
 @dataclass
@@ -176,7 +202,8 @@ class XSamModel(nn.Module):
         strict: bool = True,
         allow_missing: bool = False,
     ) -> XSamModel:
-        """Load a :meth:`save_pretrained` directory.
+        """Load a :meth:`save_pretrained` directory, or ``"default"``: the bundled small model trained
+        on the synthetic world (stored in 16 bits, loaded as float32 unless ``dtype`` says otherwise).
 
         The model is built on the meta device and the weights are assigned as they are read, so memory
         holds one copy. ``dtype`` casts floating weights (default: as stored). Missing keys raise unless
@@ -184,7 +211,9 @@ class XSamModel(nn.Module):
         the absent modules keep their random initialisation); unexpected keys raise unless
         ``strict=False``. The tokenizer is attached when present.
         """
-        directory = Path(directory)
+        if dtype is None and str(directory) == DEFAULT_MODEL:
+            dtype = torch.float32  # 16-bit storage only keeps the package small
+        directory = resolve_model_directory(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: not an xsam-torch model directory")
