@@ -61,6 +61,7 @@ def test_help_lists_the_data_formats(capsys):
         (["--data", "coco_panoptic:annotations=a.json"], "missing required key"),
         (["--data", PANOPTIC, "--init", "no/such/dir"], "config.json not found"),
         (["--data", PANOPTIC, "--data", PANOPTIC], "repeated: coco_panoptic"),
+        (["--data", PANOPTIC, "--lr-multiplier", "connector:2"], "expects MODULE_PREFIX=FACTOR"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, extra, message):
@@ -82,6 +83,8 @@ def test_train_writes_a_loadable_final_model_and_a_log(tmp_path, one_thread):
         "2",
         "--lr",
         "3e-3",
+        "--lr-multiplier",
+        "segmentation_encoder=1.0",
     ]
     assert main([*argv, *FAST]) == 0
     model = XSamModel.from_pretrained(output / "final")

@@ -101,21 +101,24 @@ def _predict(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
-    import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
     from .inference.predictor import XSamPredictor
     from .inference.visualize import overlay
-    from .modeling.xsam import XSamModel
 
+    if args.examples:
+        return _predict_examples(args)
+    missing = [flag for flag, value in (("--image", args.image), ("--task", args.task)) if value is None]
+    if missing:
+        print(f"xsam predict: {' and '.join(missing)} required (or --examples)", file=sys.stderr)
+        return 2
     try:
         images = _images(args.image)
         masks = None
         if args.mask:
             masks = np.stack([np.asarray(Image.open(m).convert("L")) > 128 for m in args.mask])
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-        model = XSamModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+        model = _load_model(args)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"xsam predict: {error}", file=sys.stderr)
         return 2
@@ -167,6 +170,20 @@ def _train_config(args: argparse.Namespace):
     return XSamConfig.from_dict(data)
 
 
+def _multipliers(items: Sequence[str]) -> dict[str, float]:
+    """``PREFIX=FACTOR`` items (e.g. ``segmentation_encoder=1.0``) as a dict."""
+    multipliers = {}
+    for item in items:
+        prefix, equals, factor = item.partition("=")
+        try:
+            multipliers[prefix.strip()] = float(factor)
+        except ValueError:
+            equals = ""
+        if not equals or not prefix.strip():
+            raise ValueError(f"--lr-multiplier expects MODULE_PREFIX=FACTOR, got {item!r}")
+    return multipliers
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -180,6 +197,9 @@ def _train(args: argparse.Namespace) -> int:
         stage = stage_preset(args.stage)
         if args.lr is not None:  # e.g. a model trained from scratch needs more than the release's rates
             stage = dataclasses.replace(stage, lr=args.lr)
+        if args.lr_multiplier:
+            multipliers = {**stage.lr_multipliers, **_multipliers(args.lr_multiplier)}
+            stage = dataclasses.replace(stage, lr_multipliers=multipliers)
         specs = [parse_dataset_spec(text) for text in args.data]
         config = _train_config(args)
         has_tokenizer = args.init is not None and (Path(args.init) / "tokenizer_config.json").is_file()
@@ -284,12 +304,19 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument(
-        "--model", required=True, metavar="DIR", help="a save_pretrained / xsam convert directory"
+        "--model",
+        default="default",
+        metavar="DIR",
+        help="a save_pretrained / xsam convert directory (default: the bundled small model)",
     )
-    predict.add_argument("--image", required=True, metavar="PATH", help="an image file or a folder of images")
+    predict.add_argument(
+        "--examples",
+        action="store_true",
+        help="run every task on the bundled example images (no --image / --task); writes examples.png",
+    )
+    predict.add_argument("--image", metavar="PATH", help="an image file or a folder of images")
     predict.add_argument(
         "--task",
-        required=True,
         choices=["generic", "open_vocab", "referring", "reasoning", "gcg", "interactive", "vgd", "chat"],
     )
     predict.add_argument("--text", help="expression (referring), query (reasoning) or message (chat)")
@@ -318,6 +345,67 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     predict.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights dtype")
     predict.set_defaults(handler=_predict)
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from .modeling.xsam import XSamModel
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    return XSamModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+
+
+def _predict_examples(args: argparse.Namespace) -> int:
+    """Every task on the bundled example images: one overlay + JSON per prompt and examples.png."""
+    import json
+
+    from PIL import Image
+
+    from .inference.predictor import XSamPredictor
+    from .inference.visualize import contact_sheet, overlay
+
+    folder = Path(__file__).resolve().parent / "assets" / "examples"
+    try:
+        examples = json.loads((folder / "examples.json").read_text())["examples"]
+        model = _load_model(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"xsam predict: {error}", file=sys.stderr)
+        return 2
+    predictor = XSamPredictor(model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    panels = []
+    for example in examples:
+        path = folder / example["image"]
+        predictor.set_image(path)
+        image = Image.open(path).convert("RGB")
+        for request in example["requests"]:
+            prediction = predictor.predict(**request)
+            task = request["task"]
+            name = f"{path.stem}_{task}"
+            drawn = overlay(image, prediction)
+            drawn.save(out / f"{name}.png")
+            record = {"image": example["image"], "request": request, **prediction.to_dict(image_id=path.stem)}
+            (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+            panels.append((_example_title(request), drawn))
+            summary = prediction.text if prediction.text else f"{len(prediction.masks)} masks"
+            print(f"{name}: {summary}")
+    contact_sheet(panels).save(out / "examples.png")
+    print(f"wrote {len(panels)} overlays and {out / 'examples.png'}")
+    return 0
+
+
+def _example_title(request: dict) -> str:
+    detail = request.get("text") or ""
+    if request.get("points"):
+        detail = f"point {request['points'][0]}"
+    elif request.get("boxes"):
+        detail = "box prompt"
+    elif request["task"] in ("generic", "open_vocab"):
+        detail = "panoptic"
+    title = f"{request['task']}: {detail}" if detail else request["task"]
+    return title if len(title) <= 42 else title[:41] + "…"
 
 
 def _positive(text: str) -> int:
@@ -412,6 +500,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=float,
         metavar="LR",
         help="base learning rate (default: the stage preset's, the release's)",
+    )
+    train.add_argument(
+        "--lr-multiplier",
+        action="append",
+        metavar="PREFIX=FACTOR",
+        help="learning-rate factor of the modules under a name prefix, over the preset's (repeatable)",
     )
     train.add_argument(
         "--num-closed-set-classes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import textwrap
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -57,3 +58,28 @@ def _with_caption(image: Image.Image, text: str, font: ImageFont.ImageFont) -> I
     for i, line in enumerate(lines):
         draw.text((4, image.height + 4 + i * line_height), line, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def contact_sheet(
+    panels: Sequence[tuple[str, Image.Image]], *, columns: int = 4, width: int = 256
+) -> Image.Image:
+    """Tile titled panels (each scaled to ``width`` pixels wide) in rows of ``columns``."""
+    if not panels:
+        raise ValueError("contact_sheet needs at least one panel")
+    font = ImageFont.load_default()
+    title_height = 16
+    scaled = [
+        (title, image.convert("RGB").resize((width, max(1, round(image.height * width / image.width)))))
+        for title, image in panels
+    ]
+    rows = [scaled[i : i + columns] for i in range(0, len(scaled), columns)]
+    row_heights = [title_height + max(image.height for _, image in row) for row in rows]
+    sheet = Image.new("RGB", (width * min(columns, len(scaled)), sum(row_heights)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    top = 0
+    for row, height in zip(rows, row_heights, strict=True):
+        for column, (title, image) in enumerate(row):
+            draw.text((column * width + 4, top + 2), title, fill=(0, 0, 0), font=font)
+            sheet.paste(image, (column * width, top + title_height))
+        top += height
+    return sheet
