@@ -1,0 +1,61 @@
+"""Package a trained default model into the source tree (the last step of train_default_model.sh).
+
+    python scripts/package_default_model.py runs/default-model
+
+Takes ``WORK/s3/final``, drops the stage-1 closed-set head (stage 3 segments through the LLM's
+class embeddings; the head is unused), stores the weights in float16 (``XSamModel.from_pretrained(
+"default")`` loads them as float32) without a tokenizer copy (the bundled Phi-3 tokenizer is used),
+and writes them to ``src/xsam/assets/default-model``. The evaluation results and the loss curves go
+to ``docs/default-model/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+
+from xsam.modeling.xsam import XSamModel
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "src" / "xsam" / "assets" / "default-model"
+DOCS = ROOT / "docs" / "default-model"
+MAX_BYTES = 50 * 1024 * 1024
+
+
+def package(work: Path) -> Path:
+    trained = XSamModel.from_pretrained(work / "s3" / "final", dtype=torch.float32)
+    config = dataclasses.replace(
+        trained.config,
+        mask_decoder=dataclasses.replace(trained.config.mask_decoder, num_closed_set_classes=None),
+    )
+    model = XSamModel(config)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("closed_set_head.")}
+    model.load_state_dict(state, strict=True)
+    model.to(torch.float16).save_pretrained(TARGET)
+    size = sum(path.stat().st_size for path in TARGET.iterdir())
+    if size > MAX_BYTES:
+        raise SystemExit(f"{TARGET} is {size / 2**20:.1f} MiB, over the 50 MiB budget")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for source, name in (
+        (work / "eval" / "results.json", "results.json"),
+        (work / "eval" / "results.md", "results.md"),
+        (work / "losses.png", "losses.png"),
+    ):
+        if source.is_file():
+            shutil.copy(source, DOCS / name)
+    print(f"{TARGET}: {size / 2**20:.1f} MiB")
+    return TARGET
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path, help="the WORK_DIR of train_default_model.sh")
+    package(parser.parse_args().work)
+
+
+if __name__ == "__main__":
+    main()

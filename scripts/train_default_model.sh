@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Reproduce the bundled default model on a CPU machine: generate the synthetic world, train the small
+# preset through X-SAM's three stages with `xsam train`, evaluate it with `xsam eval --suite synthetic`,
+# plot the loss curves, and package the result (16-bit weights) as src/xsam/assets/default-model.
+#
+#   scripts/train_default_model.sh [WORK_DIR]          # default WORK_DIR: runs/default-model
+#
+# The step counts below are the ones the bundled model was trained with (about 75 minutes on 2 CPU
+# cores); override them through the environment, e.g. S3_STEPS=6000 scripts/train_default_model.sh.
+set -euo pipefail
+
+WORK=${1:-runs/default-model}
+SEED=${SEED:-0}
+IMAGES=${IMAGES:-2000}
+S1_STEPS=${S1_STEPS:-700}
+S2_STEPS=${S2_STEPS:-100}
+S3_STEPS=${S3_STEPS:-2300}
+PACKAGE=${PACKAGE:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+WORLD=$WORK/world
+mkdir -p "$WORK"
+if [ ! -f "$WORLD/world.json" ]; then
+  xsam synth --out "$WORLD" --seed "$SEED" --images "$IMAGES" > "$WORK/synth.log" 2>&1
+fi
+
+panoptic="coco_panoptic:annotations=panoptic/panoptic_train.json,png_dir=panoptic/panoptic_train,image_dir=images/train,name=synthetic_panoptic"
+
+# Stage 1: the segmentor alone (SAM encoder, connector, pixel and mask decoders) with a closed-set head
+# over the world's 11 classes. Everything starts from random weights, so the rates are higher than the
+# release's (which fine-tune pretrained encoders).
+xsam train --stage seg_finetune --preset small --num-closed-set-classes 11 \
+  --lr 1e-3 --lr-multiplier segmentation_encoder=1.0 \
+  --batch-size 4 --num-points 1024 --max-steps "$S1_STEPS" --seed "$SEED" \
+  --data-root "$WORLD" --data "$panoptic" --output "$WORK/s1" > "$WORK/s1.out" 2>&1
+
+# Stage 2: only the two projectors, on captions.
+xsam train --stage align_pretrain --init "$WORK/s1/final" --lr 1e-3 \
+  --batch-size 4 --max-steps "$S2_STEPS" --seed "$SEED" \
+  --data-root "$WORLD" --data "llava:json=llava/pretrain_train.json,image_dir=images/train,name=synthetic_pretrain" \
+  --output "$WORK/s2" > "$WORK/s2.out" 2>&1
+
+# Stage 3: every module on the task mixture (LM + segmentation losses).
+xsam train --stage mixed_finetune --init "$WORK/s2/final" \
+  --lr 1e-3 --lr-multiplier segmentation_encoder=0.5 --lr-multiplier image_encoder=1.0 \
+  --batch-size 2 --num-points 1024 --max-steps "$S3_STEPS" --save-every 500 --seed "$SEED" \
+  --data-root "$WORLD" \
+  --data "$panoptic" \
+  --data "refer:dataset_dir=refer,image_dir=images,dataset=refcoco,split=train,name=synthetic_refer" \
+  --data "reasonseg:split_dir=reasonseg/train,explanatory=reasonseg/explanatory/train.json,name=synthetic_reasonseg" \
+  --data "grandf:json=gcg/gcg_train.json,image_dir=images/train,name=synthetic_gcg" \
+  --data "coco_vgd:vgd_json=vgd/vgd_train.json,instances=instances/instances_train.json,image_dir=images/train,name=synthetic_vgd" \
+  --data "llava:json=llava/llava_train.json,image_dir=images/train,name=synthetic_llava" \
+  --output "$WORK/s3" > "$WORK/s3.out" 2>&1
+
+python scripts/plot_training.py "$WORK/s1" "$WORK/s2" "$WORK/s3" --out "$WORK/losses.png"
+xsam eval --model "$WORK/s3/final" --suite synthetic --data-root "$WORLD" --out "$WORK/eval" \
+  --max-new-tokens 64 > "$WORK/eval.out" 2>&1
+
+if [ "$PACKAGE" = 1 ]; then
+  python scripts/package_default_model.py "$WORK"
+fi
