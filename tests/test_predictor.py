@@ -265,3 +265,19 @@ def test_cli_examples_run_every_task_on_the_bundled_images(saved_tiny, tmp_path,
             assert json.loads((out / f"{name}.json").read_text())["request"] == request
     sheet = Image.open(out / "examples.png")
     assert sheet.width == 4 * 256 and sheet.height > 2 * 256
+
+
+def test_gcg_with_a_seg_but_no_phrase_returns_no_masks(tiny_model, tokenizer):
+    """A generated '<SEG>' with no '<p>…</p>' before it grounds nothing (it used to raise)."""
+    tokens = tiny_model.config.tokens
+    script = [*tokenizer.encode("A dog", add_special_tokens=False), tokens.seg_token_id, 32007]
+    original = tiny_model.language_model.lm_head
+    tiny_model.language_model.lm_head = _ScriptedHead(script, tiny_model.config.language_model.vocab_size)
+    try:
+        predictor = XSamPredictor(tiny_model, tokenizer)
+        predictor.set_image(IMAGE)
+        prediction = predictor.predict("gcg", max_new_tokens=8)
+    finally:
+        tiny_model.language_model.lm_head = original
+    assert "<SEG>" in prediction.raw_text and prediction.phrases == []
+    assert prediction.masks.shape == (0, *IMAGE.shape[:2])

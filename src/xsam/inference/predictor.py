@@ -337,6 +337,8 @@ class XSamPredictor:
         prediction = Prediction(task.value, empty, [], [], phrases=phrases, text=_caption(raw), raw_text=raw)
         if result.segmentation is None or task is Task.CHAT:
             return prediction
+        if result.segmentation.class_logits.shape[-1] < 2:  # a <SEG> but no <p>…</p>: nothing to ground
+            return prediction
         sizes = self._sizes(state)
         grounded = postprocess.grounded_conversation(
             result.segmentation.class_logits[-1, 0], result.segmentation.mask_logits[-1, 0], **sizes
