@@ -44,14 +44,15 @@ def plot(runs: list[Path], out: Path, *, window: int = 25) -> Path:
     keys = [key for key in LOSS_KEYS if any(key in record for _, steps in logs for record in steps)]
     figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     offset = 0
-    for run, steps in logs:
+    for index, (run, steps) in enumerate(logs):
         label = run.name if run.is_dir() else run.parent.name
+        colour = f"C{index}"  # one colour per run in every panel
         for axis, key in zip(axes[0], keys, strict=True):
             points = [(record["step"], record[key]) for record in steps if key in record]
             if points:
                 x, y = (np.array(values, dtype=float) for values in zip(*points, strict=True))
-                axis.plot(x + offset, y, alpha=0.25, linewidth=0.8)
-                axis.plot(x + offset, smooth(y, window), label=label, linewidth=1.6)
+                axis.plot(x + offset, y, alpha=0.2, linewidth=0.6, color=colour)
+                axis.plot(x + offset, smooth(y, window), label=label, linewidth=1.6, color=colour)
         offset += max((record["step"] for record in steps), default=0)
     for axis, key in zip(axes[0], keys, strict=True):
         axis.set_title(key)
