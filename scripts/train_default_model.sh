@@ -5,8 +5,8 @@
 #
 #   scripts/train_default_model.sh [WORK_DIR]          # default WORK_DIR: runs/default-model
 #
-# The step counts below are the ones the bundled model was trained with (about 75 minutes on 2 CPU
-# cores); override them through the environment, e.g. S3_STEPS=6000 scripts/train_default_model.sh.
+# The step counts below are those of the first run (about 65 minutes on 2 CPU cores; its numbers are in
+# docs/default-model.md); override them through the environment, e.g. S3_STEPS=6000.
 set -euo pipefail
 
 WORK=${1:-runs/default-model}
