@@ -184,7 +184,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         add_one(metric, "1", SQUARE, 0.5)
     with pytest.raises(ValueError, match=r"\(20, 20\)"):
         add_one(metric, 1, np.zeros((5, 5), bool), 0.5)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         MaskAPMetric.from_json(tmp_path / "missing.json")
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="not valid JSON"):

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from xsam.data.formats.json_fields import load_json
 from xsam.inference.prediction import encode_rle
 
 PathLike = str | os.PathLike
@@ -25,17 +24,6 @@ STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
 """Names of ``COCOeval.stats[0:6]``: AP@[.50:.95], AP50, AP75, AP small / medium / large."""
 
 SINGLE_CATEGORY = {"id": 1, "name": "object"}
-
-
-def read_json(path: PathLike, what: str) -> Any:
-    """The parsed JSON file at ``path``; ``what`` names the file in errors (missing or malformed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} file {path} is not valid JSON: {error}") from error
 
 
 def segmentation_size(segmentation: Any) -> tuple[int, int] | None:
@@ -140,7 +128,7 @@ class MaskAPMetric:
     @classmethod
     def from_json(cls, path: PathLike, **kwargs: Any) -> MaskAPMetric:
         """Metric over the COCO instances JSON at ``path`` (keyword arguments go to the constructor)."""
-        ground_truth = read_json(path, "ground truth")
+        ground_truth = load_json(path)
         if not isinstance(ground_truth, dict):
             raise ValueError(f"ground truth file {path} must hold a COCO-style dict")
         return cls(ground_truth, **kwargs)
@@ -353,7 +341,7 @@ def score_instance_files(
     if image_ids not in ("predicted", "all"):
         raise ValueError(f"image_ids must be 'predicted' or 'all', got {image_ids!r}")
     metric = MaskAPMetric.from_json(gt_json, single_category=single_category)
-    results = read_json(pred_json, "predictions")
+    results = load_json(pred_json)
     if not isinstance(results, list):
         raise ValueError(f"predictions file {pred_json} must hold a list of COCO results")
     metric.add_results(results)

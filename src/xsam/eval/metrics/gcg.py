@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from xsam.data.formats.json_fields import load_json
 from xsam.eval.metrics.caption import caption_scores
-from xsam.eval.metrics.coco_ap import MaskAPMetric, PathLike, preview, read_json, segmentation_rle
+from xsam.eval.metrics.coco_ap import MaskAPMetric, PathLike, preview, segmentation_rle
 
 METRIC_NAMES = ("meteor", "cider", "ap50", "miou")
 
@@ -170,10 +171,10 @@ def score_gcg_files(
     once and every predicted image must be in it. Returns :meth:`GCGMetric.compute`'s dict.
     """
     metric = GCGMetric(
-        read_json(mask_gt_json, "GCG mask ground truth"),
-        read_json(caption_gt_json, "GCG caption ground truth"),
+        load_json(mask_gt_json),
+        load_json(caption_gt_json),
     )
-    predictions = read_json(pred_json, "GCG predictions")
+    predictions = load_json(pred_json)
     if not isinstance(predictions, list):
         raise ValueError(f"GCG predictions file {pred_json} must hold a list of per-image predictions")
     for prediction in predictions:

@@ -15,7 +15,6 @@ Conventions (panopticapi's, which the official X-SAM evaluation uses):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from xsam.data.formats.coco import rgb_to_id
+from xsam.data.formats.json_fields import load_json
 from xsam.eval.metrics.iou import SemanticMetric
 
 PathLike = str | os.PathLike
@@ -322,8 +322,7 @@ def _quote(items: Sequence[Any]) -> str:
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    with path.open() as handle:
-        data = json.load(handle)
+    data = load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: expected a JSON object with an 'annotations' list")
     return data
