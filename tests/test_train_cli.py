@@ -61,7 +61,7 @@ def test_help_lists_the_data_formats(capsys):
         (["--data", "coco_panoptic:annotations=a.json"], "missing required key"),
         (["--data", PANOPTIC, "--init", "no/such/dir"], "config.json not found"),
         (["--data", PANOPTIC, "--data", PANOPTIC], "repeated: coco_panoptic"),
-        (["--data", PANOPTIC, "--lr-multiplier", "connector:2"], "expects MODULE_PREFIX=FACTOR"),
+        (["--data", PANOPTIC, "--lr-multiplier", "connector:2"], "--lr-multiplier expects KEY=VALUE"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys, extra, message):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -170,18 +171,18 @@ def _train_config(args: argparse.Namespace):
     return XSamConfig.from_dict(data)
 
 
-def _multipliers(items: Sequence[str]) -> dict[str, float]:
-    """``PREFIX=FACTOR`` items (e.g. ``segmentation_encoder=1.0``) as a dict."""
-    multipliers = {}
-    for item in items:
-        prefix, equals, factor = item.partition("=")
+def _key_values(items: Sequence[str] | None, flag: str, convert=str) -> dict:
+    """``KEY=VALUE`` command-line items as a dict, values passed through ``convert``."""
+    pairs = {}
+    for item in items or []:
+        key, equals, value = (part.strip() for part in item.partition("="))
         try:
-            multipliers[prefix.strip()] = float(factor)
+            pairs[key] = convert(value)
         except ValueError:
             equals = ""
-        if not equals or not prefix.strip():
-            raise ValueError(f"--lr-multiplier expects MODULE_PREFIX=FACTOR, got {item!r}")
-    return multipliers
+        if not equals or not key or not value:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+    return pairs
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -198,7 +199,10 @@ def _train(args: argparse.Namespace) -> int:
         if args.lr is not None:  # e.g. a model trained from scratch needs more than the release's rates
             stage = dataclasses.replace(stage, lr=args.lr)
         if args.lr_multiplier:
-            multipliers = {**stage.lr_multipliers, **_multipliers(args.lr_multiplier)}
+            multipliers = {
+                **stage.lr_multipliers,
+                **_key_values(args.lr_multiplier, "--lr-multiplier", float),
+            }
             stage = dataclasses.replace(stage, lr_multipliers=multipliers)
         specs = [parse_dataset_spec(text) for text in args.data]
         config = _train_config(args)
@@ -347,13 +351,14 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=_predict)
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, device: Any = None):
+    """``args.model`` in ``args.dtype`` on ``device`` (default: ``args.device``)."""
     import torch
 
     from .modeling.xsam import XSamModel
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    return XSamModel.from_pretrained(args.model, dtype=dtype, device=args.device)
+    return XSamModel.from_pretrained(args.model, dtype=dtype, device=device or args.device)
 
 
 def _predict_examples(args: argparse.Namespace) -> int:
@@ -415,17 +420,22 @@ def _positive(text: str) -> int:
     return value
 
 
-_DATA_FORMATS = "{data formats}"
+_DATA_FORMATS, _BENCHMARKS = "{data formats}", "{benchmarks}"
 
 
-class _TrainHelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Fills in the data formats only when help is printed (the readers import torch)."""
+class _LazyHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills in the data formats and the benchmark table only when help is printed (building them
+    imports torch)."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if _DATA_FORMATS in text:
             from .data.sources import readers_help
 
             text = text.replace(_DATA_FORMATS, readers_help())
+        if _BENCHMARKS in text:
+            from .eval.benchmarks import benchmarks_help
+
+            text = text.replace(_BENCHMARKS, benchmarks_help())
         return super()._fill_text(text, width, indent)
 
 
@@ -449,7 +459,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
             "  accelerate launch --config_file configs/accelerate/ddp.yaml -m xsam.cli train \\\n"
             "      --stage mixed_finetune --init runs/s2/final --output runs/s3 --data ... --data ..."
         ),
-        formatter_class=_TrainHelpFormatter,
+        formatter_class=_LazyHelpFormatter,
     )
     train.add_argument(
         "--stage",
@@ -529,24 +539,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=_train)
 
 
-def _key_values(items: Sequence[str] | None) -> dict[str, str]:
-    pairs = {}
-    for item in items or []:
-        key, equals, value = item.partition("=")
-        if not equals or not key or not value:
-            raise ValueError(f"--path expects key=value, got {item!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def _eval(args: argparse.Namespace) -> int:
-    import torch
     from accelerate import PartialState
 
     from .eval.benchmarks import get_benchmark, get_suite
     from .eval.evaluate import evaluate_benchmark, suite_summary, write_results
     from .inference.predictor import XSamPredictor
-    from .modeling.xsam import XSamModel
 
     state = PartialState()
     try:
@@ -556,12 +554,10 @@ def _eval(args: argparse.Namespace) -> int:
         else:
             names = [name.strip() for text in args.benchmark for name in text.split(",") if name.strip()]
             benchmarks = [get_benchmark(name) for name in names]
-        paths = _key_values(args.path)
+        paths = _key_values(args.path, "--path")
         if paths and len(benchmarks) > 1:
             raise ValueError("--path applies to one benchmark at a time")
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-        device = args.device or state.device
-        model = XSamModel.from_pretrained(args.model, dtype=dtype, device=device)
+        model = _load_model(args, device=args.device or state.device)
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"xsam eval: {error}", file=sys.stderr)
         return 2
@@ -655,20 +651,6 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     synth.set_defaults(handler=_synth)
 
 
-_BENCHMARKS = "{benchmarks}"
-
-
-class _EvalHelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Fills in the benchmark table only when help is printed."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if _BENCHMARKS in text:
-            from .eval.benchmarks import benchmarks_help
-
-            text = text.replace(_BENCHMARKS, benchmarks_help())
-        return super()._fill_text(text, width, indent)
-
-
 def _add_eval(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval",
@@ -683,7 +665,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
             "benchmarks (default files relative to --data-root, the official datas/ layout; "
             f"override with --path key=value):\n{_BENCHMARKS}"
         ),
-        formatter_class=_EvalHelpFormatter,
+        formatter_class=_LazyHelpFormatter,
     )
     evaluate.add_argument("--model", required=True, metavar="DIR", help="a save_pretrained directory")
     which = evaluate.add_mutually_exclusive_group(required=True)
