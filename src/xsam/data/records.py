@@ -124,3 +124,11 @@ class Record:
     conversations: list[dict[str, str]] = field(default_factory=list)
     ignore_mask: Mask | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def union_masks(masks: Sequence[Mask], height: int, width: int) -> np.ndarray:
+    """Pixelwise OR of lazy masks: ``(H, W)`` bool (all False for an empty list)."""
+    union = np.zeros((height, width), dtype=bool)
+    for mask in masks:
+        union |= mask.decode()
+    return union

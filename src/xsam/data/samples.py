@@ -41,7 +41,7 @@ from ..losses.criterion import SegmentationTarget
 from ..tasks import Task, chat, gcg, generic, interactive, reasoning, referring, visual_grounding
 from ..tasks.conversation import EncodedConversation, Turn, encode_conversation
 from ..tasks.templates import IMAGE, place_image
-from .records import Mask, Record, Segment
+from .records import Record, Segment, union_masks
 from .transforms import (
     SamInput,
     image_to_uint8_tensor,
@@ -165,14 +165,6 @@ def text_max_length(config: XSamConfig) -> int:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _union(masks: Sequence[Mask], height: int, width: int) -> np.ndarray:
-    """Pixelwise OR of lazy masks: ``(H, W)`` bool (all False for an empty list)."""
-    union = np.zeros((height, width), dtype=bool)
-    for mask in masks:
-        union |= mask.decode()
-    return union
-
-
 def _kept_segments(record: Record) -> list[Segment]:
     """Segments that become targets or prompts: crowd regions are dropped, as officially."""
     return [segment for segment in record.segments if not segment.iscrowd]
@@ -243,7 +235,7 @@ def _ignore_mask(record: Record) -> np.ndarray | None:
 
 def _expression_targets(record: Record) -> list[_TargetDraft]:
     return [
-        _TargetDraft([i], [_union(expression.masks, record.height, record.width)])
+        _TargetDraft([i], [union_masks(expression.masks, record.height, record.width)])
         for i, expression in enumerate(record.expressions)
     ]
 
@@ -286,7 +278,7 @@ def _gcg_draft(record: Record, rng: random.Random, train: bool, options: SampleO
         turns = gcg.sample_prompt(record.caption, spans, rng)
     else:
         turns = gcg.build_training_prompt(record.caption, spans)
-    masks = [_union(phrase.masks, record.height, record.width) for phrase in phrases]
+    masks = [union_masks(phrase.masks, record.height, record.width) for phrase in phrases]
     names = [record.caption[start:end] for start, end in spans]
     return _Draft(turns, [_TargetDraft(list(range(len(masks))), masks)], class_names=names)
 

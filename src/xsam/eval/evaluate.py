@@ -22,7 +22,7 @@ from typing import Any
 from ..inference.predictor import XSamPredictor
 from ..tasks import Task, templates
 from .benchmarks import Benchmark, SuiteEntry, get_benchmark, resolve_paths
-from .evaluators import EvalSample, Evaluator, build_evaluator
+from .evaluators import EvalSample, Evaluator, build_evaluator, write_text_atomically
 
 UNITS = "fraction"
 """Every metric in the results is a fraction in [0, 1] (CIDEr on its own scale); tables show percent."""
@@ -192,7 +192,6 @@ def write_results(
     """``out_dir/results.json`` (every number, ``units`` stated; a suite's flat ``summary`` keys at the
     top) and ``out_dir/results.md`` (tables in percent)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"model": model, "units": UNITS}
     if summary is not None:
         payload.update(summary)
@@ -200,14 +199,10 @@ def write_results(
     table = results_table(results)
     if summary is not None:
         table = summary_table(summary) + "\n\n" + table
-    written = {}
-    for name, text in (("results.json", json.dumps(payload, indent=2)), ("results.md", table)):
-        path = out_dir / name
-        temporary = path.with_name(name + ".tmp")
-        temporary.write_text(text + "\n")
-        temporary.replace(path)
-        written[name] = path
-    return written
+    return {
+        name: write_text_atomically(out_dir / name, text + "\n")
+        for name, text in (("results.json", json.dumps(payload, indent=2)), ("results.md", table))
+    }
 
 
 def results_table(results: Sequence[BenchmarkResult]) -> str:

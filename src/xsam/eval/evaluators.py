@@ -24,7 +24,7 @@ from ..data.formats.json_fields import load_json
 from ..data.formats.reasonseg import read_reasonseg, split_queries
 from ..data.formats.refer import read_refer
 from ..data.formats.visual_prompts import read_coco_interactive, read_coco_vgd
-from ..data.records import Mask, Record, Segment
+from ..data.records import Mask, Record, Segment, union_masks
 from ..inference.prediction import Prediction, encode_rle
 from ..tasks import Task
 from ..tasks.generic import CategorySpec, SegmentationKind
@@ -90,12 +90,17 @@ class Evaluator:
         return self.benchmark.task.spec.score_threshold
 
 
-def _write_json(path: Path, value: Any) -> Path:
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` beside ``path`` and rename it into place, so no half-written file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value))
+    temporary.write_text(text)
     temporary.replace(path)
     return path
+
+
+def _write_json(path: Path, value: Any) -> Path:
+    return write_text_atomically(path, json.dumps(value))
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -294,10 +299,7 @@ class _Target:
     prompt: np.ndarray | None = None
 
     def truth(self, height: int, width: int) -> np.ndarray:
-        union = np.zeros((height, width), dtype=bool)
-        for mask in self.masks:
-            union |= mask.decode()
-        return union
+        return union_masks(self.masks, height, width)
 
 
 class MaskIoUEvaluator(Evaluator):
