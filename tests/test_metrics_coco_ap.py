@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from xsam.data.records import encode_rle
 from xsam.eval.metrics.coco_ap import MaskAPMetric, score_instance_files
-from xsam.inference.prediction import encode_rle
 
 SIZE = (20, 20)
 

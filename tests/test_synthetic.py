@@ -17,11 +17,10 @@ from xsam.data.formats.gcg import read_gcg_eval, read_grandf
 from xsam.data.formats.llava import read_llava
 from xsam.data.formats.reasonseg import TARGET_VALUE, read_reasonseg, reasonseg_label_map
 from xsam.data.formats.refer import load_refs_pickle, read_refer
-from xsam.data.formats.visual_prompts import dilate_disk as scipy_dilate_disk
-from xsam.data.formats.visual_prompts import read_coco_interactive, read_coco_vgd
+from xsam.data.formats.visual_prompts import dilate_disk, read_coco_interactive, read_coco_vgd
 from xsam.data.sources import load_records, parse_dataset_spec
 from xsam.data.synthetic import generate_world
-from xsam.data.synthetic.geometry import dilate_disk, erode_disk, has_holes, outline_polygons
+from xsam.data.synthetic.geometry import erode_disk, has_holes, outline_polygons
 from xsam.data.synthetic.language import STUFF_FACTS, THING_FACTS, referring_sentences
 from xsam.data.synthetic.scene import HELD_OUT, SHAPES, STUFF, Thing
 
@@ -394,10 +393,8 @@ def test_interactive_and_vgd_prompts_agree(world: Path) -> None:
                 scribble = decode(thin["scribble_visual_prompt_mask"])
                 assert point.sum() == 1 and (point & mask).any() and (scribble & ~mask).sum() == 0
                 stored = wide["visual_prompts"]
-                assert np.array_equal(decode(stored["point_visual_prompt"]), scipy_dilate_disk(point, 10))
-                assert np.array_equal(
-                    decode(stored["scribble_visual_prompt"]), scipy_dilate_disk(scribble, 5)
-                )
+                assert np.array_equal(decode(stored["point_visual_prompt"]), dilate_disk(point, 10))
+                assert np.array_equal(decode(stored["scribble_visual_prompt"]), dilate_disk(scribble, 5))
                 for kind in ("box", "mask"):
                     prompt = decode(thin[f"{kind}_visual_prompt_mask"])
                     assert prompt.any() and np.array_equal(prompt, decode(stored[f"{kind}_visual_prompt"]))
@@ -422,10 +419,12 @@ def test_held_out_compositions_only_in_open_vocabulary_split(world: Path) -> Non
 # --- geometry helpers ----------------------------------------------------------------------------
 
 
-def test_disk_morphology_matches_the_readers_dilation() -> None:
+def test_disk_morphology_matches_a_euclidean_distance_transform() -> None:
+    from scipy.ndimage import distance_transform_edt
+
     seeds = np.random.default_rng(0).random((40, 50)) > 0.97
-    for radius in (1, 5, 10):
-        assert np.array_equal(dilate_disk(seeds, radius), scipy_dilate_disk(seeds, radius))
+    for radius in (1, 5, 10, 7.5):
+        assert np.array_equal(dilate_disk(seeds, radius), distance_transform_edt(~seeds) <= radius)
     square = np.zeros((20, 20), dtype=bool)
     square[4:16, 4:16] = True
     assert np.array_equal(erode_disk(square, 2), np.pad(np.ones((8, 8), dtype=bool), 6))

@@ -132,3 +132,11 @@ def union_masks(masks: Sequence[Mask], height: int, width: int) -> np.ndarray:
     for mask in masks:
         union |= mask.decode()
     return union
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of an ``(H, W)`` bool mask: ``{"size": [H, W], "counts": str}``."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}

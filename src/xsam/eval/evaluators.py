@@ -24,8 +24,8 @@ from ..data.formats.json_fields import load_json
 from ..data.formats.reasonseg import read_reasonseg, split_queries
 from ..data.formats.refer import read_refer
 from ..data.formats.visual_prompts import read_coco_interactive, read_coco_vgd
-from ..data.records import Mask, Record, Segment, union_masks
-from ..inference.prediction import Prediction, encode_rle
+from ..data.records import Mask, Record, Segment, encode_rle, union_masks
+from ..inference.prediction import Prediction
 from ..tasks import Task
 from ..tasks.generic import CategorySpec, SegmentationKind
 from .benchmarks import GCG, INSTANCE, MASK_IOU, PANOPTIC, SEMANTIC, VGD, Benchmark

@@ -6,16 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE of an ``(H, W)`` bool mask (``counts`` as a UTF-8 string)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+from ..data.records import encode_rle
 
 
 @dataclass

@@ -49,22 +49,45 @@ def _ndimage():
     return ndimage
 
 
+def disk_offsets(radius: float) -> np.ndarray:
+    """``(K, 2)`` ``(row, col)`` steps of length at most ``radius``."""
+    reach = math.floor(radius)
+    steps = np.arange(-reach, reach + 1)
+    rows, cols = np.meshgrid(steps, steps, indexing="ij")
+    inside = rows**2 + cols**2 <= radius**2
+    return np.stack([rows[inside], cols[inside]], axis=1)
+
+
+def dilate_whole(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Disk dilation of a whole array: one shifted OR per offset of the disk."""
+    reach = math.floor(radius)
+    grown = np.zeros((mask.shape[0] + 2 * reach, mask.shape[1] + 2 * reach), dtype=bool)
+    height, width = mask.shape
+    for row, col in disk_offsets(radius):
+        grown[reach + row : reach + row + height, reach + col : reach + col + width] |= mask
+    return grown[reach : reach + height, reach : reach + width]
+
+
+def box_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """The mask's bounding box grown by ``margin`` and clipped to the image; None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
+
+
 def dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
     """Every pixel within Euclidean distance ``radius`` of a True pixel of ``mask`` (``(H, W)`` bool):
     a disk of that radius stamped on each pixel, as the official ``enhance_with_circles``."""
     mask = np.asarray(mask, dtype=bool)
-    output = np.zeros_like(mask)
-    if not mask.any():
-        return output
-    # only the seeds' bounding box grown by the radius can change: transform that crop alone
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    margin = math.ceil(radius)
-    crop = (
-        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
-        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
-    )
-    output[crop] = _ndimage().distance_transform_edt(~mask[crop]) <= radius
-    return output
+    grown = np.zeros_like(mask)
+    box = box_slices(mask, math.floor(radius))
+    if box is not None:  # only the seeds' box grown by the radius can change
+        grown[box] = dilate_whole(mask[box], radius)
+    return grown
 
 
 @dataclass(frozen=True)

@@ -8,22 +8,16 @@ formats write them (COCO ``bbox`` is ``[x, y, width, height]``, LabelMe polygons
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from ..formats.visual_prompts import box_slices, dilate_whole
 
 # The 8 neighbours as (row step, column step), clockwise on screen starting east: a boundary walk
 # that scans them in this order keeps the region on its right-hand side.
 _NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
 _NEIGHBOUR_INDEX = {step: index for index, step in enumerate(_NEIGHBOURS)}
 _WEST = 4
-
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE of an ``(H, W)`` mask: ``{"size": [H, W], "counts": str}``."""
-    encoded = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
-    return {"size": [int(value) for value in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
@@ -137,57 +131,16 @@ def outline_polygons(mask: np.ndarray) -> list[list[list[int]]]:
     return polygons
 
 
-def disk_offsets(radius: float) -> np.ndarray:
-    """``(K, 2)`` ``(row, col)`` steps of length at most ``radius``."""
-    reach = math.floor(radius)
-    steps = np.arange(-reach, reach + 1)
-    rows, cols = np.meshgrid(steps, steps, indexing="ij")
-    inside = rows**2 + cols**2 <= radius**2
-    return np.stack([rows[inside], cols[inside]], axis=1)
-
-
-def _dilate_whole(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Disk dilation of a whole array: one shifted OR per offset of the disk."""
-    reach = math.floor(radius)
-    grown = np.zeros((mask.shape[0] + 2 * reach, mask.shape[1] + 2 * reach), dtype=bool)
-    height, width = mask.shape
-    for row, col in disk_offsets(radius):
-        grown[reach + row : reach + row + height, reach + col : reach + col + width] |= mask
-    return grown[reach : reach + height, reach : reach + width]
-
-
-def _box_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
-    """The mask's bounding box grown by ``margin`` and clipped to the image; None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (
-        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
-        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
-    )
-
-
-def dilate_disk(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Every pixel within Euclidean distance ``radius`` of a pixel of ``mask`` (``(H, W)`` bool); the
-    same pixels as :func:`xsam.data.formats.visual_prompts.dilate_disk`, without scipy."""
-    mask = np.asarray(mask, dtype=bool)
-    grown = np.zeros_like(mask)
-    box = _box_slices(mask, math.floor(radius))
-    if box is not None:  # only the seeds' box grown by the radius can change
-        grown[box] = _dilate_whole(mask[box], radius)
-    return grown
-
-
 def erode_disk(mask: np.ndarray, radius: float) -> np.ndarray:
     """The pixels of ``mask`` whose whole disk of ``radius`` lies in the mask (outside the image
     counts as outside the mask)."""
     mask = np.asarray(mask, dtype=bool)
     eroded = np.zeros_like(mask)
-    box = _box_slices(mask, 0)
+    box = box_slices(mask, 0)
     if box is not None:
         reach = math.floor(radius)
         local = np.pad(mask[box], reach)  # background all round the box, image border included
-        eroded[box] = ~_dilate_whole(~local, radius)[reach : -reach or None, reach : -reach or None]
+        eroded[box] = ~dilate_whole(~local, radius)[reach : -reach or None, reach : -reach or None]
     return eroded
 
 

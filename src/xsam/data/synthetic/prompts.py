@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import box_blur, dilate_disk, erode_disk, mask_bbox, mask_centroid
+from ..formats.visual_prompts import dilate_disk
+from .geometry import box_blur, erode_disk, mask_bbox, mask_centroid
 
 POINT_RADIUS = 10
 SCRIBBLE_RADIUS = 5

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from ..formats.coco import id_to_rgb
-from .geometry import encode_rle, mask_bbox, outline_polygons
+from ..records import encode_rle
+from .geometry import mask_bbox, outline_polygons
 from .language import GroundedCaption, conversation, grounded_caption, reasoning_query, referring_sentences
 from .prompts import PROMPT_KINDS, VisualPrompts, draw_prompts
 from .scene import COLOURS, SHAPES, STUFF, Scene
