@@ -328,3 +328,39 @@ def test_bf16_mixed_precision_and_activation_checkpointing_train(
     losses = [record["loss"] for record in _read_log(tmp_path) if "loss" in record]
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert XSamModel.from_pretrained(final).config.language_model.vocab_size == 32014
+
+
+def test_labelled_logits_give_the_full_language_model_loss_and_gradients(init_dir, samples):
+    """Training applies the LM head only where the next token is supervised; the loss and every
+    gradient must equal those of the full ``(B, L, V)`` logits."""
+    from xsam.data.collate import collate
+    from xsam.train.loop import language_model_loss
+
+    batch = collate([samples["gcg"], samples["gcg"]], pad_token_id=0)
+    results = []
+    for labelled_only in (False, True):
+        model = XSamModel.from_pretrained(init_dir).train()
+        outputs = model(**batch.model_inputs(), labelled_logits_only=labelled_only)
+        loss = language_model_loss(outputs.logits, outputs.sequence.labels)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((outputs.logits.shape, loss.detach(), grads))
+    (full_shape, full_loss, full_grads), (kept_shape, kept_loss, kept_grads) = results
+    supervised = int((outputs.sequence.labels[:, 1:] != -100).sum())
+    assert full_shape[:2] == outputs.sequence.labels.shape and kept_shape[0] == supervised
+    assert 0 < supervised < full_shape[0] * full_shape[1] / 2  # most positions are image / prompt tokens
+    torch.testing.assert_close(kept_loss, full_loss)
+    assert full_grads.keys() == kept_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(kept_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_language_model_loss_rejects_misaligned_labelled_logits():
+    from xsam.train.loop import language_model_loss
+
+    labels = torch.tensor([[-100, -100, 5, 6]])
+    with pytest.raises(ValueError, match="3 logit rows for 2 supervised labels"):
+        language_model_loss(torch.zeros(3, 10), labels)
+    with pytest.raises(ValueError, match="needs labels"):
+        ids = torch.zeros(1, 3, dtype=torch.long)
+        XSamModel(XSamConfig.tiny())(ids, cond_ids=ids - 1, seg_ids=ids - 1, labelled_logits_only=True)

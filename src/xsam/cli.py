@@ -198,6 +198,8 @@ def _train(args: argparse.Namespace) -> int:
         stage = stage_preset(args.stage)
         if args.lr is not None:  # e.g. a model trained from scratch needs more than the release's rates
             stage = dataclasses.replace(stage, lr=args.lr)
+        if args.decay is not None:
+            stage = dataclasses.replace(stage, decay=args.decay)
         if args.lr_multiplier:
             multipliers = {
                 **stage.lr_multipliers,
@@ -510,6 +512,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         type=float,
         metavar="LR",
         help="base learning rate (default: the stage preset's, the release's)",
+    )
+    train.add_argument(
+        "--decay",
+        choices=["step", "cosine"],
+        help="learning-rate decay after warmup (default: the stage preset's; step decay suits long runs)",
     )
     train.add_argument(
         "--lr-multiplier",

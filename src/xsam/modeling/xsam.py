@@ -33,6 +33,7 @@ from .image_encoder import ImageEncoder
 from .language_model import build_language_model
 from .mask_decoder import MaskDecoder
 from .multimodal import (
+    IGNORE_INDEX,
     MultimodalSequence,
     gather_condition_embeddings,
     gather_seg_embeddings,
@@ -122,7 +123,10 @@ class SegmentationOutput:
 class XSamOutput:
     """Teacher-forced forward. ``logits`` ``(B, L, V)`` and ``hidden_states`` ``(B, L, H)`` (last layer,
     after the final norm) are over the spliced sequence ``sequence``; ``projected`` ``(B, L, D)`` is the
-    llm_projector output. ``segmentation`` is None when the batch holds no ``<SEG>`` (chat)."""
+    llm_projector output. ``segmentation`` is None when the batch holds no ``<SEG>`` (chat).
+
+    With ``labelled_logits_only``, ``logits`` is ``(N, V)`` instead: only the ``N`` positions whose next
+    token is supervised (``sequence.labels[:, 1:] != -100``), in row-major order."""
 
     logits: torch.Tensor
     hidden_states: torch.Tensor
@@ -398,6 +402,7 @@ class XSamModel(nn.Module):
         decode_per_seg: bool = False,
         generator: torch.Generator | None = None,
         past_key_values: Cache | None = None,
+        labelled_logits_only: bool = False,
     ) -> XSamOutput:
         """Teacher-forced forward over a batch of prompts (+ answers).
 
@@ -415,7 +420,12 @@ class XSamModel(nn.Module):
             past_key_values: the LLM cache of a prefix (e.g. ``[<s>, <|user|>, image tokens]`` from
                 :meth:`prefill`); ``input_ids`` then hold only what follows it, and the cache is
                 extended in place (crop it back to reuse the prefix).
+            labelled_logits_only: apply the LM head only where ``labels`` supervise the next token
+                (training: most of a sequence is image tokens, and a 32k-way head over them costs more
+                than a small LLM's layers). Requires ``labels``.
         """
+        if labelled_logits_only and labels is None:
+            raise ValueError("labelled_logits_only needs labels")
         if image_features is None and pixel_values is not None:
             image_features = self.encode_image(pixel_values, sam_pixel_values)
         sequence = self.prepare_sequence(
@@ -429,7 +439,11 @@ class XSamModel(nn.Module):
             generator=generator,
         )
         hidden = self._run_language_model(sequence, past_key_values).last_hidden_state
-        logits = self.language_model.get_output_embeddings()(hidden)
+        head = self.language_model.get_output_embeddings()
+        if labelled_logits_only:
+            logits = head(hidden[:, :-1][sequence.labels[:, 1:] != IGNORE_INDEX])
+        else:
+            logits = head(hidden)
         projected = self.llm_projector(hidden)
         segmentation = None
         if image_features is not None and bool((sequence.seg_ids >= 0).any()):

@@ -102,19 +102,28 @@ class StageModule(nn.Module):
     def forward(self, inputs: dict[str, Any]) -> Any:
         if self.closed_set:
             return self.model.segment_closed_set(inputs["sam_pixel_values"])
-        return self.model(**inputs)
+        return self.model(**inputs, labelled_logits_only=inputs.get("labels") is not None)
 
 
 def language_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy, mean over the supervised tokens.
 
-    ``logits`` ``(B, L, V)``, ``labels`` ``(B, L)`` with ``-100`` where unsupervised (the spliced
-    ``sequence.labels``, aligned with ``logits``). Zero (with a gradient path) when nothing is supervised.
+    ``labels`` ``(B, L)`` with ``-100`` where unsupervised (the spliced ``sequence.labels``); ``logits``
+    either ``(B, L, V)`` aligned with them, or ``(N, V)`` at the ``N`` supervised positions only
+    (``XSamModel.forward(labelled_logits_only=True)``). Zero (with a gradient path) when nothing is
+    supervised.
     """
-    shifted_logits = logits[:, :-1].float().flatten(0, 1)
-    shifted_labels = labels[:, 1:].flatten()
-    total = F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shifted_labels != IGNORE_INDEX).sum().clamp(min=1)
+    shifted_labels = labels[:, 1:]
+    if logits.dim() == 2:
+        targets = shifted_labels[shifted_labels != IGNORE_INDEX]
+        if logits.shape[0] != targets.numel():
+            raise ValueError(f"{logits.shape[0]} logit rows for {targets.numel()} supervised labels")
+        shifted_logits = logits.float()
+    else:
+        targets = shifted_labels.flatten()
+        shifted_logits = logits[:, :-1].float().flatten(0, 1)
+    total = F.cross_entropy(shifted_logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def global_num_masks(batch: Batch, accelerator: Accelerator | None) -> torch.Tensor:
