@@ -276,7 +276,10 @@ def train(args: TrainArguments) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(args, stage)
     if args.gradient_checkpointing:
-        model.language_model.gradient_checkpointing_enable()
+        llm = model.language_model
+        # transformers renamed it (the old name warns and goes in v6); early 5.x only has the old one
+        enable = getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)
+        enable()
     optimizer = build_optimizer(model, stage)
 
     dataset = as_mixture(args.dataset)
