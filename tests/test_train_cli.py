@@ -97,6 +97,19 @@ def test_train_writes_a_loadable_final_model_and_a_log(tmp_path, one_thread):
     assert len(records[-1]["final_parameter_checksums"]) == 1
 
 
+@pytest.mark.parametrize(("decay", "halves"), [(None, True), ("step", False)])
+def test_decay_overrides_the_preset_schedule(tmp_path, one_thread, decay, halves):
+    """mixed_finetune decays by a cosine (over 3 steps: warmup, full rate, half rate); ``--decay step``
+    without milestones keeps the full rate."""
+    output = tmp_path / "run"
+    argv = ["train", "--stage", "mixed_finetune", "--data", PANOPTIC, "--output", str(output)]
+    argv += ["--max-steps", "3", "--lr", "1e-3", *(["--decay", decay] if decay else [])]
+    assert main([*argv, *FAST]) == 0
+    lrs = [record["lr"] for record in _read_log(output) if "step" in record]
+    assert lrs[0] < 1e-3 * lrs[1]  # (the logged rate is the first group's, under its multiplier)
+    assert lrs[2] / lrs[1] == pytest.approx(0.5 if halves else 1.0)
+
+
 def test_two_process_cpu_run_keeps_ranks_in_sync(tmp_path):
     """accelerate launch with torchrun and gloo: ``--cpu`` alone would start a single process (accelerate's
     multi-CPU path wants mpirun), so the DDP launcher runs with ``ACCELERATE_USE_CPU=1`` (MULTI_CPU, gloo)."""
