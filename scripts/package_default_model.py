@@ -5,8 +5,9 @@
 Takes ``WORK/s3/final``, drops the stage-1 closed-set head (stage 3 segments through the LLM's
 class embeddings; the head is unused), stores the weights in float16 (``XSamModel.from_pretrained(
 "default")`` loads them as float32) without a tokenizer copy (the bundled Phi-3 tokenizer is used),
-and writes them to ``src/xsam/assets/default-model``. The evaluation results and the loss curves go
-to ``docs/default-model/``.
+and writes them to ``src/xsam/assets/default-model``. The evaluation results, the loss curves, the
+three stages' ``log.jsonl`` and the contact sheet of ``xsam predict --examples`` (run with the packaged
+weights) go to ``docs/default-model/``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from xsam.cli import main as xsam_main
 from xsam.modeling.xsam import XSamModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +50,14 @@ def package(work: Path) -> Path:
     ):
         if source.is_file():
             shutil.copy(source, DOCS / name)
+    (DOCS / "logs").mkdir(exist_ok=True)
+    for stage in ("s1", "s2", "s3"):
+        shutil.copy(work / stage / "log.jsonl", DOCS / "logs" / f"{stage}.jsonl")
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "examples"
+        if xsam_main(["predict", "--examples", "--model", str(TARGET), "--out", str(out)]) != 0:
+            raise SystemExit("xsam predict --examples failed with the packaged model")
+        shutil.copy(out / "examples.png", DOCS / "examples.png")
     print(f"{TARGET}: {size / 2**20:.1f} MiB")
     return TARGET
 
