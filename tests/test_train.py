@@ -258,7 +258,13 @@ def test_one_step_changes_exactly_the_trained_parameters(tmp_path, init_dir, sam
 # ---------------------------------------------------------------------------------------- overfit
 # Measured on 2 cores with one torch thread: chat 10.4 -> 0.01 in 60 steps (6 s); generic 125.5 -> 5.3
 # (95.8 %) and referring 133.0 -> 3.2 (97.6 %) in 150 steps (~25 s each).
-OVERFIT = {task: (2e-3, 150) for task in RECORDS} | {"chat": (3e-3, 60)}
+# (lr, steps). Generic prompts (11 classes, 5 masks) overfit slowest: at 150 steps they sat at the
+# 10x bar, and float-rounding changes (e.g. the LM head over supervised positions only) tipped them over.
+OVERFIT = {task: (2e-3, 150) for task in RECORDS} | {
+    "generic": (2e-3, 250),
+    "open_vocab": (2e-3, 250),
+    "chat": (3e-3, 60),
+}
 
 
 @pytest.fixture
