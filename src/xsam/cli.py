@@ -507,43 +507,49 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--log-every", type=_positive, default=10, metavar="N", help="console logging period in steps"
     )
     train.add_argument("--seed", type=int, default=0, metavar="S")
-    train.add_argument(
-        "--lr",
-        type=float,
-        metavar="LR",
-        help="base learning rate (default: the stage preset's, the release's)",
-    )
-    train.add_argument(
-        "--decay",
-        choices=["step", "cosine"],
-        help="learning-rate decay after warmup (default: the stage preset's; step decay suits long runs)",
-    )
-    train.add_argument(
-        "--lr-multiplier",
-        action="append",
-        metavar="PREFIX=FACTOR",
-        help="learning-rate factor of the modules under a name prefix, over the preset's (repeatable)",
-    )
-    train.add_argument(
-        "--num-closed-set-classes",
-        type=_positive,
-        metavar="N",
-        help="stage 1: closed-set head size of a fresh model (default: 133, COCO panoptic)",
-    )
+    _add_preset_overrides(train)
     train.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint in --output"
     )
     train.add_argument("--num-workers", type=int, default=0, metavar="N", help="data-loader worker processes")
     train.add_argument(
+        "--log-with", metavar="TRACKER", help="an Accelerate tracker (tensorboard, wandb, ...)"
+    )
+    train.set_defaults(handler=_train)
+
+
+def _add_preset_overrides(train: argparse.ArgumentParser) -> None:
+    """Options that change the stage preset's recipe (a model trained from scratch needs them)."""
+    group = train.add_argument_group("overrides of the stage preset")
+    group.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        help="base learning rate (default: the stage preset's, the release's)",
+    )
+    group.add_argument(
+        "--decay",
+        choices=["step", "cosine"],
+        help="learning-rate decay after warmup (default: the stage preset's; step decay suits long runs)",
+    )
+    group.add_argument(
+        "--lr-multiplier",
+        action="append",
+        metavar="PREFIX=FACTOR",
+        help="learning-rate factor of the modules under a name prefix, over the preset's (repeatable)",
+    )
+    group.add_argument(
+        "--num-closed-set-classes",
+        type=_positive,
+        metavar="N",
+        help="stage 1: closed-set head size of a fresh model (default: 133, COCO panoptic)",
+    )
+    group.add_argument(
         "--num-points",
         type=_positive,
         metavar="N",
         help="point samples per mask of the segmentation loss (default: 12544, the release)",
     )
-    train.add_argument(
-        "--log-with", metavar="TRACKER", help="an Accelerate tracker (tensorboard, wandb, ...)"
-    )
-    train.set_defaults(handler=_train)
 
 
 def _eval(args: argparse.Namespace) -> int:
