@@ -1,8 +1,12 @@
 """Shared fixtures: a tiny random model and the bundled tokenizer (built once per session)."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
+import xsam
 from xsam.config import XSamConfig
 from xsam.modeling.xsam import XSamModel
 from xsam.tokenizer import load_tokenizer
@@ -11,6 +15,18 @@ from xsam.tokenizer import load_tokenizer
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def example_requests() -> list[tuple[str, dict]]:
+    """``(output name, request)`` of every request of ``xsam predict --examples`` (the bundled
+    ``assets/examples/examples.json``), in order."""
+    listing = json.loads((Path(xsam.__file__).parent / "assets/examples/examples.json").read_text())
+    return [
+        (f"{Path(example['image']).stem}_{request['task']}", request)
+        for example in listing["examples"]
+        for request in example["requests"]
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """XSamPredictor: cached prompts equal uncached full forwards, encoders run once per image, clear errors."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch import nn
 
-import xsam
 from xsam.cli import main
 from xsam.inference.predictor import XSamPredictor
 from xsam.tasks import Task
@@ -251,18 +249,15 @@ def test_cli_predict_reports_bad_input(saved_tiny, tmp_path, capsys):
     assert "--image required (or --examples)" in capsys.readouterr().err
 
 
-def test_cli_examples_run_every_task_on_the_bundled_images(saved_tiny, tmp_path, capsys):
+def test_cli_examples_run_every_task_on_the_bundled_images(saved_tiny, tmp_path, example_requests):
     """``xsam predict --examples``: the README's main command (here with a tiny model)."""
     out = tmp_path / "examples"
     assert main(["predict", "--examples", "--model", str(saved_tiny), "--out", str(out)]) == 0
-    listing = json.loads((Path(xsam.__file__).parent / "assets/examples/examples.json").read_text())
-    tasks = {request["task"] for example in listing["examples"] for request in example["requests"]}
+    tasks = {request["task"] for _, request in example_requests}
     assert tasks == set(CLI_ARGS)  # every task, chat and open-vocabulary included
-    for example in listing["examples"]:
-        for request in example["requests"]:
-            name = f"{Path(example['image']).stem}_{request['task']}"
-            assert Image.open(out / f"{name}.png").width >= 256
-            assert json.loads((out / f"{name}.json").read_text())["request"] == request
+    for name, request in example_requests:
+        assert Image.open(out / f"{name}.png").width >= 256
+        assert json.loads((out / f"{name}.json").read_text())["request"] == request
     sheet = Image.open(out / "examples.png")
     assert sheet.width == 4 * 256 and sheet.height > 2 * 256
 
