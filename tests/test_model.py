@@ -74,6 +74,19 @@ def test_image_features_shapes(tiny_model, tiny_images):
     assert [f.shape[-1] for f in features.multi_scale_features] == [4, 8, 16]
 
 
+def test_random_encoders_start_alive(tiny_model, tiny_images):
+    """A from-scratch model must start trainable: transformers' SAM default init (std 1e-10) left the
+    SAM residual stream at ~1e-9, so its LayerNorms blew gradients up to ~1e10."""
+    sam = tiny_model.segmentation_encoder
+    assert 0.01 < sam.sam.vision_encoder.patch_embed.projection.weight.std() < 0.05
+    with torch.no_grad():
+        outputs = sam(tiny_images[1])
+        siglip = tiny_model.image_encoder(tiny_images[0])
+    for hidden in [outputs.projector_input, *outputs.connector_inputs]:
+        assert hidden.std() > 0.05
+    assert siglip.std() > 0.05
+
+
 def test_generic_layout_pads_categories_per_sample(tiny_model, tokenizer, tiny_images):
     batch = _batch(
         tokenizer,

@@ -24,6 +24,9 @@ def sam_vision_config(config: SegmentationEncoderConfig, attn_implementation: st
         output_channels=config.output_channels,
         hidden_act=config.hidden_act,
         layer_norm_eps=config.layer_norm_eps,
+        # transformers' SAM default (1e-10) assumes pretrained weights get loaded; from scratch it leaves
+        # a dead encoder (residual stream ~1e-9, LayerNorms amplifying gradients to ~1e10)
+        initializer_range=0.02,
     )
     hf_config._attn_implementation = attn_implementation
     return hf_config
