@@ -131,6 +131,28 @@ def test_generic_training_labels_follow_the_sampled_order(tokenizer, image_path)
     assert len(orders) > 1  # the order is random
 
 
+def test_closed_set_training_labels_are_dataset_class_positions(tokenizer, image_path):
+    # Stage 1's closed-set head has one output per dataset class: a label must name the same class in
+    # every sample, whatever the rng draws (a shuffled prompt order would make the labels noise).
+    for seed in range(6):
+        sample = _build(_generic_record(image_path), tokenizer, seed=seed, closed_set=True)
+        assert sample.meta["class_names"] == [name for name, _ in CATEGORIES]
+        (target,) = sample.targets
+        assert target.labels.tolist() == [0, 0, 1]
+
+
+def test_closed_set_rejects_records_it_cannot_label(tokenizer, image_path):
+    unlisted = _generic_record(image_path)
+    unlisted.categories = []
+    with pytest.raises(ValueError, match="class list"):
+        _build(unlisted, tokenizer, closed_set=True)
+    referring = _record(
+        "referring", image_path, expressions=[Expression("the box", [Mask.from_array(_box(0, 0, 5, 5))])]
+    )
+    with pytest.raises(ValueError, match="generic segmentation records"):
+        _build(referring, tokenizer, closed_set=True)
+
+
 def test_sample_categories_follows_the_official_rule():
     names = [f"c{i}" for i in range(20)]
     positives = ["c3", "c7"]

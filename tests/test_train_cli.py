@@ -110,6 +110,31 @@ def test_decay_overrides_the_preset_schedule(tmp_path, one_thread, decay, halves
     assert lrs[2] / lrs[1] == pytest.approx(0.5 if halves else 1.0)
 
 
+STAGE_ONE = ["train", "--stage", "seg_finetune", "--data", PANOPTIC, "--max-steps", "1"]
+
+
+def test_stage_one_trains_on_dataset_class_ids_without_jitter(tmp_path, one_thread):
+    # the fixture lists 4 classes; the closed-set head gets one output per class
+    argv = [*STAGE_ONE, "--output", str(tmp_path), "--num-closed-set-classes", "4", "--scale-jitter", "none"]
+    assert main([*argv, *FAST]) == 0
+    model = XSamModel.from_pretrained(tmp_path / "final")
+    assert model.closed_set_head.classifier.out_features == 5
+
+
+def test_stage_one_rejects_a_head_smaller_than_the_class_list(tmp_path, capsys, one_thread):
+    argv = [*STAGE_ONE, "--output", str(tmp_path), "--num-closed-set-classes", "2"]
+    assert main([*argv, *FAST]) == 2
+    assert "the closed-set head has 2 classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["2,1", "0,1", "1", "a,b"])
+def test_bad_scale_jitter_is_an_argument_error(tmp_path, capsys, text):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*STAGE_ONE, "--output", str(tmp_path), "--scale-jitter", text, *FAST])
+    assert exit_info.value.code == 2
+    assert "--scale-jitter" in capsys.readouterr().err
+
+
 def test_two_process_cpu_run_keeps_ranks_in_sync(tmp_path):
     """accelerate launch with torchrun and gloo: ``--cpu`` alone would start a single process (accelerate's
     multi-CPU path wants mpirun), so the DDP launcher runs with ``ACCELERATE_USE_CPU=1`` (MULTI_CPU, gloo)."""

@@ -200,6 +200,8 @@ def _train(args: argparse.Namespace) -> int:
             stage = dataclasses.replace(stage, lr=args.lr)
         if args.decay is not None:
             stage = dataclasses.replace(stage, decay=args.decay)
+        if args.scale_jitter is not None:
+            stage = dataclasses.replace(stage, scale_jitter=args.scale_jitter or None)
         if args.lr_multiplier:
             multipliers = {
                 **stage.lr_multipliers,
@@ -217,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
             data_root=Path(args.data_root) if args.data_root else None,
             train=True,
             seed=args.seed,
-            options=SampleOptions(scale_range=stage.scale_jitter),
+            options=SampleOptions(scale_range=stage.scale_jitter, closed_set=stage.closed_set),
             pad_to_square=stage.image_pad_to_square,
         )
     except (FileNotFoundError, ValueError, KeyError, SampleTooLongError) as error:
@@ -422,6 +424,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _scale_range(text: str) -> tuple[float, float] | tuple[()]:
+    """``LOW,HIGH`` (0 < LOW <= HIGH) as a pair; ``none`` as ``()`` (no jitter)."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH or none, got {text!r}") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
+    return low, high
+
+
 _DATA_FORMATS, _BENCHMARKS = "{data formats}", "{benchmarks}"
 
 
@@ -543,6 +558,12 @@ def _add_preset_overrides(train: argparse.ArgumentParser) -> None:
         type=_positive,
         metavar="N",
         help="stage 1: closed-set head size of a fresh model (default: 133, COCO panoptic)",
+    )
+    group.add_argument(
+        "--scale-jitter",
+        type=_scale_range,
+        metavar="LOW,HIGH|none",
+        help="random scale range of the SAM view (default: the stage preset's, 0.1,2.0 in stage 1)",
     )
     group.add_argument(
         "--num-points",

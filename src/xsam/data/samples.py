@@ -79,6 +79,9 @@ class SampleOptions:
         vgd_max_negatives: at most this many negatives (official ``num_class=5`` of the VGD dataset).
         scale_range: stage-1 scale jitter of the SAM view (``(0.1, 2.0)`` in S1, see
             :func:`scale_jitter`); None (S2/S3, evaluation) keeps the plain resize.
+        closed_set: stage 1: generic targets are labelled with the category's position in the
+            dataset's class list (id order), the closed-set head's classes, instead of its position in
+            a sampled, shuffled prompt.
         max_length: text-token cap; None uses :func:`text_max_length` of the config.
     """
 
@@ -87,6 +90,7 @@ class SampleOptions:
     vgd_negative_probability: float = 0.5
     vgd_max_negatives: int = 5
     scale_range: tuple[float, float] | None = None
+    closed_set: bool = False
     max_length: int | None = None
 
 
@@ -201,11 +205,23 @@ def sample_categories(
     return chosen
 
 
+def _check_closed_set(record: Record, task: Task) -> None:
+    """A closed-set (stage-1) sample needs a generic record whose dataset lists its classes."""
+    if task not in (Task.GENERIC, Task.OPEN_VOCAB):
+        raise ValueError(
+            f"closed-set training takes generic segmentation records; {record.image_id!r} is {task.value}"
+        )
+    if not record.categories:
+        raise ValueError(
+            f"closed-set training needs the dataset's class list; record {record.image_id!r} has none"
+        )
+
+
 # ---------------------------------------------------------------------------------- task builders
 def _generic_draft(record: Record, rng: random.Random, train: bool, options: SampleOptions) -> _Draft:
     segments = _kept_segments(record)
     names = _category_names(record, segments)
-    if train:
+    if train and not options.closed_set:
         positives = list(dict.fromkeys(segment.category for segment in segments))
         names = sample_categories(names, positives, rng, num_class=options.num_class)
         turns = generic.sample_prompt(names, rng)
@@ -573,6 +589,8 @@ def build_sample(
     """
     options = options or SampleOptions()
     task = Task(record.task)
+    if options.closed_set:
+        _check_closed_set(record, task)
     draft = _BUILDERS[task](record, rng, train, options)
     max_length = options.max_length if options.max_length is not None else text_max_length(config)
     encoded = _encode_fitting(draft, tokenizer, config, record, max_length)

@@ -153,6 +153,7 @@ def compute_loss(
     terms: dict[str, torch.Tensor] = {}
     if stage.closed_set:
         class_logits, mask_logits = outputs
+        _check_closed_set_labels(batch, num_classes=class_logits.shape[-1] - 1)
         terms["loss_seg"] = _segmentation_loss(criterion, class_logits, mask_logits, batch, accelerator)
     else:
         if stage.lm_loss:
@@ -168,6 +169,17 @@ def compute_loss(
     logs = {name: float(value.detach()) for name, value in terms.items()}
     logs["loss"] = float(loss.detach())
     return loss, logs
+
+
+def _check_closed_set_labels(batch: Batch, num_classes: int) -> None:
+    """Stage-1 targets must be ids of the closed-set head's classes."""
+    labels = [t.labels for t in batch.targets if t.labels is not None and t.labels.numel()]
+    largest = int(torch.cat(labels).max()) if labels else -1
+    if largest >= num_classes:
+        raise ValueError(
+            f"a target has class id {largest} but the closed-set head has {num_classes} classes "
+            "(set --num-closed-set-classes to the dataset's class count)"
+        )
 
 
 def _segmentation_loss(
