@@ -203,6 +203,12 @@ def test_optimizer_groups_apply_multipliers_and_freeze(init_dir):
     build_optimizer(model, align_pretrain())
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("image_projector.", "seg_projector.")) for n in trainable)
+    # a factor of 0 freezes: no group, no gradient
+    frozen_sam = dataclasses.replace(mixed_finetune(), lr_multipliers={"segmentation_encoder": 0.0})
+    optimizer = build_optimizer(model, frozen_sam)
+    assert {group["lr_multiplier"] for group in optimizer.param_groups} == {1.0}
+    assert not any(p.requires_grad for p in model.segmentation_encoder.parameters())
+    assert all(p.requires_grad for p in model.image_encoder.parameters())
 
 
 # ------------------------------------------------------------------------------ one step per stage

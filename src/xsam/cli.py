@@ -551,7 +551,8 @@ def _add_preset_overrides(train: argparse.ArgumentParser) -> None:
         "--lr-multiplier",
         action="append",
         metavar="PREFIX=FACTOR",
-        help="learning-rate factor of the modules under a name prefix, over the preset's (repeatable)",
+        help="learning-rate factor of the modules under a name prefix, over the preset's (repeatable; "
+        "0 freezes them)",
     )
     group.add_argument(
         "--num-closed-set-classes",

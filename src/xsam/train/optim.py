@@ -29,12 +29,15 @@ def is_trainable(name: str, stage: StageConfig) -> bool:
 def parameter_groups(model: nn.Module, stage: StageConfig) -> list[dict]:
     """Freeze what ``stage`` does not train (``requires_grad=False``) and group the rest by LR factor.
 
+    A module whose learning-rate factor is 0 is frozen too, so it costs no backward pass or optimizer
+    state (e.g. ``--lr-multiplier segmentation_encoder=0`` keeps stage 1's SAM encoder fixed in stage 3).
+
     Returns AdamW groups ``{"params", "lr", "weight_decay", "lr_multiplier", "name"}`` in first-seen
     order; weight decay applies to every trainable parameter, as in the release.
     """
     groups: dict[float, list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
-        trainable = is_trainable(name, stage)
+        trainable = is_trainable(name, stage) and lr_multiplier(name, stage) != 0
         parameter.requires_grad_(trainable)
         if trainable:
             groups.setdefault(lr_multiplier(name, stage), []).append(parameter)
