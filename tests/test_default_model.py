@@ -54,19 +54,18 @@ def test_examples_with_the_default_model(tmp_path, capsys, example_requests):
     assert (out / "examples.png").is_file()
 
 
-# About half of what the bundled model scores on this world (seed 7, 4 test images): PQ 11.3, mIoU
-# 29.8, referring cIoU 5.4, reasoning gIoU 27.8, GCG AP50 7.9 / mIoU 24.8, interactive mIoU 47.6-52.0,
-# VGD AP 23.0-26.7 (%). A random small model scores 0-1 % on all of them but reasoning gIoU (15 %),
-# hence its floor of 20 %.
+# About half of what the bundled model scores on this world (seed 7, 4 test images): PQ 56.7, mIoU
+# 45.5, referring cIoU 36.8, reasoning gIoU 57.9, interactive mIoU 63.0-63.4, VGD AP 37.4-38.0 (%). A
+# random small model scores 0-1 % on all of them but reasoning gIoU (15 %). GCG has no floor: on these
+# 4 images the model grounds no phrase (AP50 0; 4 % on the 100-image test split, where it often decodes
+# the empty "<p> <SEG> ." — a known limit, docs/default-model.md), so here GCG only has to run.
 FLOORS = {
-    "pq": 0.05,
-    "miou": 0.15,
-    "refer_ciou": 0.025,
-    "reason_giou": 0.2,
-    "gcg_ap50": 0.04,
-    "gcg_miou": 0.12,
-    **{f"interactive_miou_{kind}": 0.24 for kind in ("point", "scribble", "box", "mask")},
-    **{f"vgd_ap_{kind}": 0.11 for kind in ("point", "scribble", "box", "mask")},
+    "pq": 0.28,
+    "miou": 0.22,
+    "refer_ciou": 0.18,
+    "reason_giou": 0.29,
+    **{f"interactive_miou_{kind}": 0.31 for kind in ("point", "scribble", "box", "mask")},
+    **{f"vgd_ap_{kind}": 0.18 for kind in ("point", "scribble", "box", "mask")},
 }
 
 
