@@ -301,8 +301,13 @@ def test_segmentor_path(model, tokenizer, name):
     if "embed_masks" in ref:
         valid = torch.nn.functional.pad(seg.condition_mask, (0, 1), value=True)
         assert torch.equal(valid.float(), ref["embed_masks"])
+    # logits reach ~20 after nine decoder layers: float32 summation order (thread count) moves them by ~5e-6
+    # relative, over the 1e-4 absolute bound with one thread
     assert_close(
-        f"{name}/decoder_class_logits_all_stages", seg.class_logits, ref["decoder_class_logits_all_stages"]
+        f"{name}/decoder_class_logits_all_stages",
+        seg.class_logits,
+        ref["decoder_class_logits_all_stages"],
+        rtol=1e-5,
     )
     mask_logits = seg.mask_logits
     # mask logits reach the hundreds (the fixtures scale the mask path up): same relative bound as sums
@@ -534,8 +539,13 @@ def test_training_losses(model, tokenizer, name):
         features = model.encode_image(siglip[None], sam.pixel_values[None])
     seg, flips = _decode_matching_ties(model, out, features, ref)
     DIFFS[f"{name}/borderline attention entries settled"] = float(sum(len(f) for f in flips.values()))
+    # logits reach ~20 after nine decoder layers: float32 summation order (thread count) moves them by ~5e-6
+    # relative, over the 1e-4 absolute bound with one thread
     assert_close(
-        f"{name}/decoder_class_logits_all_stages", seg.class_logits, ref["decoder_class_logits_all_stages"]
+        f"{name}/decoder_class_logits_all_stages",
+        seg.class_logits,
+        ref["decoder_class_logits_all_stages"],
+        rtol=1e-5,
     )
 
     shift_logits, shift_labels = out.logits[0, :-1], out.sequence.labels[0, 1:]
