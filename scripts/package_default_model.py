@@ -7,7 +7,8 @@ class embeddings; the head is unused), stores the weights in float16 (``XSamMode
 "default")`` loads them as float32) without a tokenizer copy (the bundled Phi-3 tokenizer is used),
 and writes them to ``src/xsam/assets/default-model``. The evaluation results, the loss curves, the
 three stages' ``log.jsonl`` and the contact sheet of ``xsam predict --examples`` (run with the packaged
-weights) go to ``docs/default-model/``.
+weights) go to ``docs/default-model/``, with stage 1's closed-set results (``results_stage1.*``)
+where the run has them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def package(work: Path) -> Path:
     for source, name in (
         (work / "eval" / "results.json", "results.json"),
         (work / "eval" / "results.md", "results.md"),
+        (work / "eval_s1" / "results.json", "results_stage1.json"),
+        (work / "eval_s1" / "results.md", "results_stage1.md"),
         (work / "losses.png", "losses.png"),
     ):
         if source.is_file():

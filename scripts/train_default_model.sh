@@ -74,6 +74,9 @@ stage s3 --stage mixed_finetune --init "$WORK/s2/final" \
 python "$HERE/plot_training.py" "$WORK/s1" "$WORK/s2" "$WORK/s3" --out "$WORK/losses.png"
 xsam eval --model "$WORK/s3/final" --suite synthetic --data-root "$WORLD" --out "$WORK/eval" \
   --max-new-tokens 64 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval.out" 2>&1
+# Stage 1 alone (its closed-set segmentor, no LLM), to tell the segmentor's errors from the LLM's.
+xsam eval --model "$WORK/s1/final" --suite synthetic_closed_set --data-root "$WORLD" --out "$WORK/eval_s1" \
+  ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval_s1.out" 2>&1
 
 if [ "$PACKAGE" = 1 ]; then
   python "$HERE/package_default_model.py" "$WORK"

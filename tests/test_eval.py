@@ -12,6 +12,7 @@ import torch
 
 from benchmark_root import build_benchmark_root
 from xsam.cli import main
+from xsam.config import XSamConfig
 from xsam.data.records import Record
 from xsam.eval.benchmarks import BENCHMARKS, get_benchmark, resolve_paths
 from xsam.eval.evaluators import (
@@ -24,6 +25,7 @@ from xsam.eval.evaluators import (
     build_evaluator,
 )
 from xsam.inference.prediction import Prediction
+from xsam.modeling.xsam import XSamModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -345,3 +347,37 @@ def test_synthetic_suite_runs_on_a_generated_world(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["synth", "--out", str(world)]) == 2  # refuses to overwrite
     assert str(world) in capsys.readouterr().err
+
+
+def test_closed_set_suite_scores_a_stage_one_model(tmp_path, tokenizer):
+    """``xsam eval --suite synthetic_closed_set``: the closed-set segmentor of a stage-1 model (one
+    head class per world category) on the panoptic, semantic and instance benchmarks."""
+    world = tmp_path / "world"
+    assert main(["synth", "--out", str(world), "--images", "4", "--image-size", "96", "--seed", "3"]) == 0
+    config = XSamConfig.tiny()
+    config.mask_decoder.num_closed_set_classes = 11  # the world's 6 shapes and 5 stuff classes
+    torch.manual_seed(0)
+    model_dir = tmp_path / "s1"
+    XSamModel(config).save_pretrained(model_dir)
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(model_dir), "--suite", "synthetic_closed_set", "--data-root", str(world)]
+    assert main([*argv, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("pq", "sq", "rq", "miou", "ap", "ap50"):
+        assert 0.0 <= results[key] <= 1.0, key
+    benchmarks = results["benchmarks"]
+    assert sorted(benchmarks) == [
+        "synthetic_closed_set_instance",
+        "synthetic_closed_set_panoptic",
+        "synthetic_closed_set_semantic",
+    ]
+    assert all(entry["protocol"]["closed_set"] is True for entry in benchmarks.values())
+
+
+def test_closed_set_suite_needs_a_closed_set_head(model_dir, tmp_path, capsys):
+    world = tmp_path / "world"
+    assert main(["synth", "--out", str(world), "--images", "2", "--image-size", "96", "--seed", "3"]) == 0
+    argv = ["eval", "--model", str(model_dir), "--suite", "synthetic_closed_set", "--data-root", str(world)]
+    assert main([*argv, "--out", str(tmp_path / "eval")]) == 2
+    assert "closed-set head" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "results.json").exists()

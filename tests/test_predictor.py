@@ -10,7 +10,10 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from xsam.cli import main
+from xsam.config import XSamConfig
+from xsam.data.transforms import preprocess_sam
 from xsam.inference.predictor import XSamPredictor
+from xsam.modeling.xsam import XSamModel
 from xsam.tasks import Task
 
 IMAGE = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
@@ -276,3 +279,51 @@ def test_gcg_with_a_seg_but_no_phrase_returns_no_masks(tiny_model, tokenizer):
         tiny_model.language_model.lm_head = original
     assert "<SEG>" in prediction.raw_text and prediction.phrases == []
     assert prediction.masks.shape == (0, *IMAGE.shape[:2])
+
+
+@pytest.fixture(scope="module")
+def stage_one_model():
+    """A tiny model with a 3-class closed-set head, as stage 1 (seg_finetune) trains it."""
+    config = XSamConfig.tiny()
+    config.mask_decoder.num_closed_set_classes = 3
+    torch.manual_seed(0)
+    return XSamModel(config).eval()
+
+
+def test_closed_set_prediction_runs_the_stage_one_segmentor(stage_one_model, tokenizer, monkeypatch):
+    """``closed_set=True`` decodes with the closed-set head (no LLM): its logits are those of
+    ``segment_closed_set`` on the same image; instance segmentation keeps the head's first classes."""
+    predictor = XSamPredictor(stage_one_model, tokenizer)
+    predictor.set_image(IMAGE)
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the closed-set segmentor must not run the LLM")
+
+    monkeypatch.setattr(stage_one_model, "_run_language_model", no_llm)
+    with pytest.raises(AssertionError, match="must not run the LLM"):  # the patch does catch the LLM
+        predictor.predict("generic", categories="ins: a, b; sem: c")
+    panoptic = predictor.predict("generic", categories="ins: a, b; sem: c", closed_set=True, threshold=0.0)
+    sam = preprocess_sam(IMAGE, stage_one_model.config.segmentation_encoder).pixel_values[None]
+    with torch.no_grad():
+        class_logits, mask_logits = stage_one_model.segment_closed_set(sam)
+    torch.testing.assert_close(panoptic.logits.class_logits, class_logits)
+    torch.testing.assert_close(panoptic.logits.mask_logits, mask_logits)
+    assert panoptic.segmentation is not None and set(panoptic.labels) <= {"a", "b", "c"}
+    instance = predictor.predict("generic", categories="ins: a, b", closed_set=True, threshold=0.0)
+    kept = instance.logits.class_logits
+    assert kept.shape[-1] == 3  # classes a, b and "no object"
+    torch.testing.assert_close(kept, class_logits[..., [0, 1, 3]])
+    assert set(instance.labels) <= {"a", "b"}
+
+
+def test_closed_set_prediction_errors(stage_one_model, tiny_model, tokenizer):
+    predictor = XSamPredictor(stage_one_model, tokenizer)
+    predictor.set_image(IMAGE)
+    with pytest.raises(ValueError, match="head has 3 classes but 2 categories"):
+        predictor.predict("generic", categories="ins: a; sem: b", closed_set=True)
+    with pytest.raises(ValueError, match="generic segmentation only"):
+        predictor.predict("referring", text="x", closed_set=True)
+    plain = XSamPredictor(tiny_model, tokenizer)
+    plain.set_image(IMAGE)
+    with pytest.raises(ValueError, match="closed-set head"):
+        plain.predict("generic", categories="ins: a, b; sem: c", closed_set=True)

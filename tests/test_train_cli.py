@@ -18,6 +18,7 @@ import yaml
 from xsam.cli import main
 from xsam.config import XSamConfig
 from xsam.modeling.xsam import XSamModel
+from xsam.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "formats"
@@ -119,6 +120,46 @@ def test_stage_one_trains_on_dataset_class_ids_without_jitter(tmp_path, one_thre
     assert main([*argv, *FAST]) == 0
     model = XSamModel.from_pretrained(tmp_path / "final")
     assert model.closed_set_head.classifier.out_features == 5
+
+
+def test_class_weight_reaches_the_criterion_and_loss_terms_are_logged(tmp_path, one_thread, monkeypatch):
+    seen = []
+
+    class Recording(loop.SegmentationCriterion):
+        def __init__(self, **kwargs):
+            seen.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(loop, "SegmentationCriterion", Recording)
+    argv = [*STAGE_ONE, "--output", str(tmp_path), "--num-closed-set-classes", "4", "--class-weight", "4.5"]
+    assert main([*argv, *FAST]) == 0
+    assert seen and seen[0]["class_weight"] == 4.5
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    for name in ("loss_cls", "loss_mask", "loss_dice", "loss_seg"):
+        assert first[name] > 0, name
+    assert first["loss_cls"] + first["loss_mask"] + first["loss_dice"] < first["loss_seg"]  # + aux layers
+
+
+def test_grad_clip_overrides_the_stage_preset(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_train(arguments):
+        seen.append(arguments)
+        return tmp_path / "final"
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    assert main([*STAGE_ONE, "--output", str(tmp_path), *FAST]) == 0
+    assert main([*STAGE_ONE, "--output", str(tmp_path), "--grad-clip", "1.5", *FAST]) == 0
+    assert [arguments.stage.grad_clip for arguments in seen] == [0.01, 1.5]  # preset, then override
+
+
+@pytest.mark.parametrize("flag", ["--class-weight", "--grad-clip"])
+@pytest.mark.parametrize("text", ["0", "-1", "x"])
+def test_bad_positive_numbers_are_argument_errors(tmp_path, capsys, flag, text):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*STAGE_ONE, "--output", str(tmp_path), flag, text, *FAST])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
 
 
 def test_stage_one_rejects_a_head_smaller_than_the_class_list(tmp_path, capsys, one_thread):

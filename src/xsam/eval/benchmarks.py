@@ -247,31 +247,41 @@ class SuiteEntry:
     summary: Mapping[str, str]
 
 
-def _synthetic_suite() -> list[SuiteEntry]:
-    """The world of ``xsam synth``: every task on its held-out ``test`` split (``ov_test`` for the
-    open-vocabulary compositions); paths follow the layout :mod:`xsam.data.synthetic` writes."""
+def _synthetic_entry(
+    name: str, base: str, paths: dict[str, str], summary: dict[str, str], **options: Any
+) -> SuiteEntry:
+    benchmark = BENCHMARKS[base]
+    return SuiteEntry(
+        replace(benchmark, name=f"synthetic_{name}", paths=paths, options={**benchmark.options, **options}),
+        summary,
+    )
 
-    def entry(
-        name: str, base: str, paths: dict[str, str], summary: dict[str, str], **options: Any
-    ) -> SuiteEntry:
-        benchmark = BENCHMARKS[base]
-        return SuiteEntry(
-            replace(
-                benchmark, name=f"synthetic_{name}", paths=paths, options={**benchmark.options, **options}
-            ),
-            summary,
-        )
 
+def _synthetic_generic(prefix: str = "", **options: Any) -> list[SuiteEntry]:
+    """Panoptic, semantic and instance segmentation of the world's ``test`` split."""
     panoptic = {
         "annotations": "panoptic/panoptic_test.json",
         "png_dir": "panoptic/panoptic_test",
         "image_dir": "images/test",
     }
     instances = {"annotations": "instances/instances_test.json", "image_dir": "images/test"}
+    return [
+        _synthetic_entry(
+            f"{prefix}panoptic", "coco_panoptic", panoptic, {"pq": "pq", "sq": "sq", "rq": "rq"}, **options
+        ),
+        _synthetic_entry(f"{prefix}semantic", "coco_semantic", panoptic, {"miou": "miou"}, **options),
+        _synthetic_entry(
+            f"{prefix}instance", "coco_instance", instances, {"ap": "ap", "ap50": "ap50"}, **options
+        ),
+    ]
+
+
+def _synthetic_suite() -> list[SuiteEntry]:
+    """The world of ``xsam synth``: every task on its held-out ``test`` split (``ov_test`` for the
+    open-vocabulary compositions); paths follow the layout :mod:`xsam.data.synthetic` writes."""
+    entry = _synthetic_entry
     entries = [
-        entry("panoptic", "coco_panoptic", panoptic, {"pq": "pq", "sq": "sq", "rq": "rq"}),
-        entry("semantic", "coco_semantic", panoptic, {"miou": "miou"}),
-        entry("instance", "coco_instance", instances, {"ap": "ap", "ap50": "ap50"}),
+        *_synthetic_generic(),
         entry(
             "open_vocab",
             "ade20k_panoptic",
@@ -326,8 +336,13 @@ def _synthetic_suite() -> list[SuiteEntry]:
     return entries
 
 
-SUITES: dict[str, list[SuiteEntry]] = {"synthetic": _synthetic_suite()}
-"""Named groups of benchmarks with the flat summary keys they report (``xsam eval --suite``)."""
+SUITES: dict[str, list[SuiteEntry]] = {
+    "synthetic": _synthetic_suite(),
+    "synthetic_closed_set": _synthetic_generic("closed_set_", closed_set=True),
+}
+"""Named groups of benchmarks with the flat summary keys they report (``xsam eval --suite``).
+``synthetic_closed_set`` scores a stage-1 model's closed-set segmentor (no LLM) on the world's
+generic benchmarks; the head's classes are the world's categories in id order, as stage 1 trains them."""
 
 
 def get_suite(name: str) -> list[SuiteEntry]:

@@ -140,7 +140,10 @@ class _GenericEvaluator(Evaluator):
         ]
 
     def request(self, sample: EvalSample) -> dict[str, Any]:
-        return {"task": self.benchmark.task, "categories": self.categories, "threshold": self.threshold}
+        request = {"task": self.benchmark.task, "categories": self.categories, "threshold": self.threshold}
+        if self.benchmark.options.get("closed_set"):
+            request["closed_set"] = True
+        return request
 
 
 def _stem(sample: EvalSample) -> str:

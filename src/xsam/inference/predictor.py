@@ -169,6 +169,7 @@ class XSamPredictor:
         threshold: float | None = None,
         max_new_tokens: int = 512,
         is_sentence: bool | None = None,
+        closed_set: bool = False,
     ) -> Prediction:
         """Answer one prompt about the current image.
 
@@ -186,6 +187,11 @@ class XSamPredictor:
             max_new_tokens: generation budget for GCG and chat.
             is_sentence: reasoning only: pick the long-question (True) or short-question (False)
                 template, as ReasonSeg's ``is_sentence`` flag does; None guesses from the text.
+            closed_set: generic only: segment with the stage-1 closed-set segmentor (mask decoder and
+                closed-set head, no LLM) instead of prompting the LLM. Its head has a fixed class
+                list, so ``categories`` must name exactly those classes, in the head's order; for
+                instance segmentation, its first classes (the things, which COCO panoptic lists
+                first; Mask2Former's instance inference likewise keeps the thing classes only).
 
         Visual prompts feed ``interactive`` (exactly one region) and ``vgd`` (one or more, in the
         order points, boxes, scribbles, masks).
@@ -197,6 +203,9 @@ class XSamPredictor:
         request = self._request(task, state, text, categories, points, boxes, scribbles, masks, is_sentence)
         spec = TASKS[task]
         self.stats.prompts += 1
+        if closed_set:
+            segmentation = self._closed_set(task, state, request)
+            return self._postprocess(task, state, request, segmentation, threshold)
         if spec.generates:
             return self._generate(task, state, request, max_new_tokens)
         segmentation = self._teacher_forced(task, state, request)
@@ -310,6 +319,31 @@ class XSamPredictor:
         if out.segmentation is None:
             raise RuntimeError("the prompt produced no <SEG> token")
         return out.segmentation
+
+    def _closed_set(self, task: Task, state: _ImageState, request: _Request) -> SegmentationOutput:
+        if task is not Task.GENERIC:
+            raise ValueError(f"closed_set=True applies to generic segmentation only, not to '{task.value}'")
+        head = self.model.closed_set_head
+        if head is None:
+            raise ValueError(
+                "closed_set=True needs a model with a closed-set head (a stage-1 seg_finetune model)"
+            )
+        num_classes = head.classifier.out_features - 1
+        given = len(request.labels)
+        instance = request.categories.kind is SegmentationKind.INSTANCE
+        if given != num_classes and not (instance and given < num_classes):
+            raise ValueError(
+                f"the closed-set head has {num_classes} classes but {given} categories were given; "
+                "list the head's classes in its order (instance segmentation: its first classes, the "
+                "things, as COCO panoptic orders them)"
+            )
+        features = state.features
+        class_logits, mask_logits = self.model.decode_closed_set(
+            features.multi_scale_features, features.mask_features
+        )
+        if given < num_classes:  # instance: the head's first `given` classes, then "no object"
+            class_logits = torch.cat([class_logits[..., :given], class_logits[..., -1:]], dim=-1)
+        return SegmentationOutput(class_logits=class_logits, mask_logits=mask_logits)
 
     def _generate(self, task: Task, state: _ImageState, request: _Request, max_new_tokens: int) -> Prediction:
         inputs, regions = self._encode(state, request)

@@ -109,14 +109,16 @@ class SegmentationOutput:
     ``class_logits`` ``(P, N, Q, C + 1)`` (last column = background), ``mask_logits``
     ``(P, N, Q, H/8, W/8)``, ``condition_embeddings`` ``(N, C, D)`` with ``condition_mask`` ``(N, C)``,
     ``seg_embeddings`` ``(N, D)``, ``image_index`` ``(N,)``: the image each decoder sample looks at.
+    The closed-set segmentor (:meth:`XSamModel.decode_closed_set`) has no conditions nor ``<SEG>``:
+    its outputs leave the last four None.
     """
 
     class_logits: torch.Tensor
     mask_logits: torch.Tensor
-    condition_embeddings: torch.Tensor
-    condition_mask: torch.Tensor
-    seg_embeddings: torch.Tensor
-    image_index: torch.Tensor
+    condition_embeddings: torch.Tensor | None = None
+    condition_mask: torch.Tensor | None = None
+    seg_embeddings: torch.Tensor | None = None
+    image_index: torch.Tensor | None = None
 
 
 @dataclass
@@ -315,14 +317,27 @@ class XSamModel(nn.Module):
 
         Returns ``class_logits`` ``(P, B, Q, K + 1)`` and ``mask_logits`` ``(P, B, Q, h, w)``.
         """
-        if self.closed_set_head is None:
-            raise RuntimeError(
-                "this model has no closed-set head (mask_decoder.num_closed_set_classes is None)"
-            )
+        self._require_closed_set_head()
         sam = self.segmentation_encoder(sam_pixel_values)
         pixel = self.pixel_decoder(self.connector(sam.connector_inputs))
-        decoded = self.mask_decoder(pixel.multi_scale_features, pixel.mask_features)
-        return self.closed_set_head(decoded.query_states), decoded.mask_logits
+        return self.decode_closed_set(pixel.multi_scale_features, pixel.mask_features)
+
+    def decode_closed_set(
+        self, multi_scale_features: Sequence[torch.Tensor], mask_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The closed-set mask decoder and head on pixel-decoder outputs (``ImageFeatures`` fields);
+        returns what :meth:`segment_closed_set` does."""
+        head = self._require_closed_set_head()
+        decoded = self.mask_decoder(list(multi_scale_features), mask_features)
+        return head(decoded.query_states), decoded.mask_logits
+
+    def _require_closed_set_head(self) -> ClosedSetClassHead:
+        if self.closed_set_head is None:
+            raise RuntimeError(
+                "this model has no closed-set head (mask_decoder.num_closed_set_classes is None); "
+                "stage-1 (seg_finetune) models have one"
+            )
+        return self.closed_set_head
 
     # ------------------------------------------------------------------------------------ LLM side
     def prepare_sequence(

@@ -62,6 +62,8 @@ class TrainArguments:
         seed: model init, sampler order and loss sampling.
         resume: continue from the latest checkpoint in ``output_dir`` if there is one.
         num_points: point samples per mask of the segmentation loss (12544 in the release).
+        class_weight: weight of the segmentation loss's classification term and matching cost (2.0 in
+            the release).
         num_closed_set_classes: closed-set head size given to a fresh stage-1 model (133 for COCO).
         num_workers: data-loader worker processes.
         log_with: an Accelerate tracker name (``"tensorboard"``, ``"wandb"``...) or None.
@@ -83,6 +85,7 @@ class TrainArguments:
     seed: int = 0
     resume: bool = False
     num_points: int = 12544
+    class_weight: float = 2.0
     num_closed_set_classes: int = 133
     num_workers: int = 0
     log_with: str | None = None
@@ -151,22 +154,26 @@ def compute_loss(
     """
     outputs = model(batch.model_inputs())
     terms: dict[str, torch.Tensor] = {}
+    parts: dict[str, float] = {}
     if stage.closed_set:
         class_logits, mask_logits = outputs
         _check_closed_set_labels(batch, num_classes=class_logits.shape[-1] - 1)
-        terms["loss_seg"] = _segmentation_loss(criterion, class_logits, mask_logits, batch, accelerator)
+        terms["loss_seg"] = _segmentation_loss(
+            criterion, class_logits, mask_logits, batch, accelerator, parts
+        )
     else:
         if stage.lm_loss:
             terms["loss_lm"] = language_model_loss(outputs.logits, outputs.sequence.labels)
         segmentation = outputs.segmentation
         if stage.seg_loss and segmentation is not None:
             terms["loss_seg"] = _segmentation_loss(
-                criterion, segmentation.class_logits, segmentation.mask_logits, batch, accelerator
+                criterion, segmentation.class_logits, segmentation.mask_logits, batch, accelerator, parts
             )
     if not terms:
         raise ValueError(f"stage {stage.name!r} produced no loss for a {batch.task.value} batch")
     loss = torch.stack(list(terms.values())).sum()
     logs = {name: float(value.detach()) for name, value in terms.items()}
+    logs.update(parts)
     logs["loss"] = float(loss.detach())
     return loss, logs
 
@@ -188,9 +195,14 @@ def _segmentation_loss(
     mask_logits: torch.Tensor,
     batch: Batch,
     accelerator: Accelerator | None,
+    parts: dict[str, float],
 ) -> torch.Tensor:
+    """The summed Mask2Former loss; the final prediction's weighted terms are added to ``parts``."""
     num_masks = global_num_masks(batch, accelerator)
     losses = criterion(class_logits.float(), mask_logits.float(), batch.targets, num_masks=num_masks)
+    for name in ("loss_cls", "loss_mask", "loss_dice"):
+        if name in losses:
+            parts[name] = float(losses[name].detach())
     return losses["loss_seg"]
 
 
@@ -314,7 +326,7 @@ def train(args: TrainArguments) -> Path:
     module, optimizer, scheduler = accelerator.prepare(
         StageModule(model, closed_set=stage.closed_set), optimizer, scheduler
     )
-    criterion = SegmentationCriterion(num_points=args.num_points)
+    criterion = SegmentationCriterion(num_points=args.num_points, class_weight=args.class_weight)
     if args.log_with is not None:
         accelerator.init_trackers("xsam", config={"stage": stage.name, "total_steps": total_steps})
 
