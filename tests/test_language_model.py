@@ -98,6 +98,42 @@ def test_generation_collects_states_that_match_a_teacher_forced_pass(tiny_model,
     )
 
 
+def test_generation_with_several_segs_decodes_the_last(tiny_model, tokenizer, tiny_images):
+    """One ``<SEG>`` per sample is the generation layout; a model that emits more (as an untrained
+    one does) still gets masks, from its last ``<SEG>``, instead of an error."""
+    tokens = tiny_model.config.tokens
+    words = tokenizer.encode("A dog", add_special_tokens=False)
+    phrase = [tokens.phrase_start_token_id, *words, tokens.phrase_end_token_id]
+    script = [tokens.seg_token_id, *phrase, tokens.seg_token_id, *phrase, tokens.seg_token_id, 32007]
+    prompt = encode_conversation(tokenizer, [Turn("<image>\nDescribe the image.")])
+    images = {"pixel_values": tiny_images[0][:1], "sam_pixel_values": tiny_images[1][:1]}
+    original = tiny_model.language_model.lm_head
+    tiny_model.language_model.lm_head = _ScriptedHead(script, tiny_model.config.language_model.vocab_size)
+    try:
+        result = tiny_model.generate(prompt.input_ids[None], cond_ids=prompt.cond_ids[None], **images)
+    finally:
+        tiny_model.language_model.lm_head = original
+    assert result.token_ids.tolist() == script
+    segmentation = result.segmentation
+    assert segmentation.seg_embeddings.shape[0] == 1
+    assert segmentation.class_logits.shape[-1] == 3  # two generated phrases + background
+
+    full_ids = torch.cat([prompt.input_ids, result.token_ids])
+    n = len(phrase)
+    generated_conds = [-1, *[0] * n, -1, *[1] * n, -1, -1]  # <p> through </p> form a phrase
+    generated_segs = [-1] * (len(script) - 2) + [0, -1]
+    cond = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor(generated_conds)])
+    seg = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor(generated_segs)])
+    with torch.no_grad():
+        forced = tiny_model(full_ids[None], cond_ids=cond[None], seg_ids=seg[None], **images)
+    torch.testing.assert_close(
+        forced.segmentation.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        forced.segmentation.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
+    )
+
+
 def test_generation_stops_at_max_new_tokens(tiny_model, tokenizer):
     prompt = encode_conversation(tokenizer, [Turn("Hello")])
     result = tiny_model.generate(prompt.input_ids[None], cond_ids=prompt.cond_ids[None], max_new_tokens=3)

@@ -516,7 +516,9 @@ class XSamModel(nn.Module):
         """Greedy generation for one sample (``input_ids`` ``(1, T)``), collecting last-layer states.
 
         Conditions come from the generated ``<p>…</p>`` spans when there are any (GCG), otherwise from
-        the prompt's; ``<SEG>`` positions are searched in the generated tokens only.
+        the prompt's; ``<SEG>`` positions are searched in the generated tokens only. The layout has
+        one ``<SEG>`` per sample; if the model generates several (an untrained or degenerate answer),
+        the last one decodes, the one that has read every generated phrase.
         """
         if input_ids.shape[0] != 1:
             raise ValueError("generate() handles one sample at a time")
@@ -537,6 +539,7 @@ class XSamModel(nn.Module):
         tokens = self.config.tokens
         gen_seg_ids = seg_token_ids(generated, tokens.seg_token_id)
         if image_features is not None and bool((gen_seg_ids >= 0).any()):
+            gen_seg_ids = torch.where(gen_seg_ids == gen_seg_ids.max(), 0, -1)
             gen_cond_ids = phrase_ids(generated, tokens.phrase_start_token_id, tokens.phrase_end_token_id)
             all_states = torch.cat([prompt_states, states])
             projected = self.llm_projector(all_states).unsqueeze(0)
