@@ -5,11 +5,13 @@
 The release starts stage 1 from a pretrained SAM encoder; we have none, and a from-scratch encoder
 learns to tell shapes apart only after ~100k labelled shape views (docs/default-model.md, "Stage-1
 diagnostics"), far more than stage 1 shows it. This script gives it those views cheaply: each training
-image is a mosaic of 4 x 4 cells of 64 px, each cell a window of a training image centred on one
-annotated shape (at its native scale), and a linear head classifies the encoder's last-block features
-averaged inside each shape's mask (the pooling the mask decoder's masked attention does) with
-cross-entropy. A mosaic holds 16 shapes where a scene holds ~3, and only the encoder runs. It is the
-role ImageNet pretraining plays for Mask2Former's backbone; only the training split is read.
+image is a mosaic of 4 x 4 cells of 64 px, each cell a window of a training image around one
+annotated shape (at its native scale, shifted at random by up to 16 px so that shapes do not always sit
+at the 16 cell centres, which the ViT's absolute position embeddings would learn), and a linear head
+classifies the encoder's last-block features averaged inside each shape's mask (the pooling the mask
+decoder's masked attention does) with cross-entropy. A mosaic holds 16 shapes where a scene holds
+~3, and only the encoder runs. It is the role ImageNet pretraining plays for Mask2Former's backbone;
+only the training split is read.
 
 Writes ``OUT/final``: a ``save_pretrained`` small-preset model (closed-set head of
 ``--num-closed-set-classes``) whose SAM encoder is the pretrained one and whose other modules are
@@ -37,12 +39,16 @@ from xsam.modeling.xsam import XSamModel
 
 CELL = 64
 """Side of one mosaic cell in pixels (at the SAM input size of 256: 4 x 4 cells, 8 x 8 tokens each)."""
+SHIFT = 16
+"""Largest offset, per axis, of a cell's window from the shape's centre."""
+SPAN = CELL + 2 * SHIFT
+"""Side of the stored window around each shape, from which a random ``CELL`` window is cut."""
 
-View = tuple[torch.Tensor, torch.Tensor, int]  # uint8 pixels (3, CELL, CELL), mask (CELL, CELL), shape
+View = tuple[torch.Tensor, torch.Tensor, int]  # uint8 pixels (3, side, side), mask (side, side), shape
 
 
 def shape_views(world: Path, split: str) -> list[View]:
-    """One ``CELL``-sized window per annotated shape of ``split``, centred on it (clipped to the image)."""
+    """One ``SPAN``-sized window per annotated shape of ``split``, centred on it (clipped to the image)."""
     data = json.loads((world / f"instances/instances_{split}.json").read_text())
     shape_index = {category["id"]: i for i, category in enumerate(data["categories"])}
     by_image: dict[int, list[dict]] = {}
@@ -54,14 +60,14 @@ def shape_views(world: Path, split: str) -> list[View]:
             continue
         rgb = np.asarray(Image.open(world / "images" / split / image["file_name"]).convert("RGB"))
         height, width = rgb.shape[:2]
-        if min(height, width) < CELL:
-            raise ValueError(f"{image['file_name']}: images must be at least {CELL} px on each side")
+        if min(height, width) < SPAN:
+            raise ValueError(f"{image['file_name']}: images must be at least {SPAN} px on each side")
         for annotation in by_image[image["id"]]:
             mask = mask_utils.decode(annotation["segmentation"])
             x, y, w, h = annotation["bbox"]
-            left = min(max(int(x + w / 2) - CELL // 2, 0), width - CELL)
-            top = min(max(int(y + h / 2) - CELL // 2, 0), height - CELL)
-            window = (slice(top, top + CELL), slice(left, left + CELL))
+            left = min(max(int(x + w / 2) - SPAN // 2, 0), width - SPAN)
+            top = min(max(int(y + h / 2) - SPAN // 2, 0), height - SPAN)
+            window = (slice(top, top + SPAN), slice(left, left + SPAN))
             views.append(
                 (
                     torch.from_numpy(rgb[window].copy()).permute(2, 0, 1),
@@ -70,6 +76,16 @@ def shape_views(world: Path, split: str) -> list[View]:
                 )
             )
     return views
+
+
+def shifted(view: View, generator: torch.Generator) -> View:
+    """A random ``CELL`` window of a ``SPAN`` view (the centred one if the shape would fall outside)."""
+    rgb, mask, label = view
+    top, left = torch.randint(2 * SHIFT + 1, (2,), generator=generator).tolist()
+    window = (slice(top, top + CELL), slice(left, left + CELL))
+    if not mask[window].any():
+        window = (slice(SHIFT, SHIFT + CELL), slice(SHIFT, SHIFT + CELL))
+    return rgb[(slice(None), *window)], mask[window], label
 
 
 class MosaicBatch:
@@ -119,6 +135,7 @@ def main() -> None:
         raise SystemExit(f"{args.out / 'final'} exists; remove it to pretrain again")
 
     torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
     config = XSamConfig.small()
     config.mask_decoder.num_closed_set_classes = args.num_closed_set_classes
     model = XSamModel(config)
@@ -139,6 +156,8 @@ def main() -> None:
     )
     if not train or not val:
         raise SystemExit(f"{args.world}: the train and val splits need annotated shapes")
+    val_generator = torch.Generator().manual_seed(args.seed)  # the same val windows at every evaluation
+    val = [shifted(view, val_generator) for view in val]
     val_mosaics = [val[first : first + per_mosaic] for first in range(0, len(val), per_mosaic)]
     val_batches = [MosaicBatch(val_mosaics[i : i + 8], config) for i in range(0, len(val_mosaics), 8)]
     print(f"{len(train)} training shapes, {len(val)} val shapes")
@@ -149,7 +168,7 @@ def main() -> None:
     start, correct, seen, loss_sum, logged = time.time(), 0, 0, 0.0, 0
     for step in range(1, args.steps + 1):
         picks = torch.randint(len(train), (args.batch_size, per_mosaic)).tolist()
-        batch = MosaicBatch([[train[i] for i in row] for row in picks], config)
+        batch = MosaicBatch([[shifted(train[i], generator) for i in row] for row in picks], config)
         logits = classify(model, head, batch)
         loss = F.cross_entropy(logits, batch.labels)
         optimizer.zero_grad()

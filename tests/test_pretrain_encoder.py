@@ -31,14 +31,32 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_views_are_windows_centred_on_each_shape(pretrain, world: Path) -> None:
+def test_views_are_windows_around_each_shape_cut_at_random_offsets(pretrain, world: Path) -> None:
     views = pretrain.shape_views(world, "train")
     annotations = json.loads((world / "instances/instances_train.json").read_text())["annotations"]
     assert len(views) == len(annotations)
-    for rgb, mask, label in views:
-        assert rgb.shape == (3, pretrain.CELL, pretrain.CELL) and rgb.dtype == torch.uint8
-        assert mask.shape == (pretrain.CELL, pretrain.CELL) and mask.sum() > 0
+    span, cell = pretrain.SPAN, pretrain.CELL
+    generator = torch.Generator().manual_seed(0)
+    offsets = set()
+    for view in views:
+        rgb, mask, label = view
+        assert rgb.shape == (3, span, span) and rgb.dtype == torch.uint8
+        assert mask.shape == (span, span) and mask.sum() > 0
         assert 0 <= label < 6
+        for _ in range(4):
+            cut_rgb, cut_mask, cut_label = pretrain.shifted(view, generator)
+            assert cut_rgb.shape == (3, cell, cell) and cut_mask.shape == (cell, cell)
+            assert cut_mask.sum() > 0 and cut_label == label
+            found = [
+                (top, left)
+                for top in range(span - cell + 1)
+                for left in range(span - cell + 1)
+                if torch.equal(rgb[:, top : top + cell, left : left + cell], cut_rgb)
+                and torch.equal(mask[top : top + cell, left : left + cell], cut_mask)
+            ]
+            assert found, "a cut is a window of the stored view"
+            offsets.add(found[0])
+    assert len(offsets) > 4  # not always the centred window
 
 
 def test_mosaic_pools_each_shape_inside_its_own_cell(pretrain) -> None:
