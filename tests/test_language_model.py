@@ -62,19 +62,25 @@ class _ScriptedHead(nn.Module):
         return logits
 
 
+def _generate_scripted(model, tokenizer, tiny_images, script):
+    """``model.generate`` on one image with an LM head that emits ``script``: (prompt, images, result)."""
+    prompt = encode_conversation(tokenizer, [Turn("<image>\nDescribe the image.")])
+    images = {"pixel_values": tiny_images[0][:1], "sam_pixel_values": tiny_images[1][:1]}
+    original = model.language_model.lm_head
+    model.language_model.lm_head = _ScriptedHead(script, model.config.language_model.vocab_size)
+    try:
+        result = model.generate(prompt.input_ids[None], cond_ids=prompt.cond_ids[None], **images)
+    finally:
+        model.language_model.lm_head = original
+    assert result.token_ids.tolist() == script
+    return prompt, images, result
+
+
 def test_generation_collects_states_that_match_a_teacher_forced_pass(tiny_model, tokenizer, tiny_images):
     tokens = tiny_model.config.tokens
     words = tokenizer.encode("A dog", add_special_tokens=False)
     script = [tokens.phrase_start_token_id, *words, tokens.phrase_end_token_id, tokens.seg_token_id, 32007]
-    prompt = encode_conversation(tokenizer, [Turn("<image>\nDescribe the image.")])
-    images = {"pixel_values": tiny_images[0][:1], "sam_pixel_values": tiny_images[1][:1]}
-    original = tiny_model.language_model.lm_head
-    tiny_model.language_model.lm_head = _ScriptedHead(script, tiny_model.config.language_model.vocab_size)
-    try:
-        result = tiny_model.generate(prompt.input_ids[None], cond_ids=prompt.cond_ids[None], **images)
-    finally:
-        tiny_model.language_model.lm_head = original
-    assert result.token_ids.tolist() == script
+    prompt, images, result = _generate_scripted(tiny_model, tokenizer, tiny_images, script)
     segmentation = result.segmentation
     assert segmentation is not None
     # one generated phrase becomes the single condition (+ background)
@@ -105,15 +111,7 @@ def test_generation_with_several_segs_decodes_the_last(tiny_model, tokenizer, ti
     words = tokenizer.encode("A dog", add_special_tokens=False)
     phrase = [tokens.phrase_start_token_id, *words, tokens.phrase_end_token_id]
     script = [tokens.seg_token_id, *phrase, tokens.seg_token_id, *phrase, tokens.seg_token_id, 32007]
-    prompt = encode_conversation(tokenizer, [Turn("<image>\nDescribe the image.")])
-    images = {"pixel_values": tiny_images[0][:1], "sam_pixel_values": tiny_images[1][:1]}
-    original = tiny_model.language_model.lm_head
-    tiny_model.language_model.lm_head = _ScriptedHead(script, tiny_model.config.language_model.vocab_size)
-    try:
-        result = tiny_model.generate(prompt.input_ids[None], cond_ids=prompt.cond_ids[None], **images)
-    finally:
-        tiny_model.language_model.lm_head = original
-    assert result.token_ids.tolist() == script
+    prompt, images, result = _generate_scripted(tiny_model, tokenizer, tiny_images, script)
     segmentation = result.segmentation
     assert segmentation.seg_embeddings.shape[0] == 1
     assert segmentation.class_logits.shape[-1] == 3  # two generated phrases + background
