@@ -54,24 +54,24 @@ def test_examples_with_the_default_model(tmp_path, capsys, example_requests):
     assert (out / "examples.png").is_file()
 
 
-# About half of what the bundled model scores on this world (seed 7, 4 test images): PQ 56.7, mIoU
-# 45.5, referring cIoU 36.8, reasoning gIoU 57.9, interactive mIoU 63.0-63.4, VGD AP 37.4-38.0 (%). A
-# random small model scores 0-1 % on all of them but reasoning gIoU (15 %). GCG has no floor: on these
-# 4 images the model grounds no phrase (AP50 0; 4 % on the 100-image test split, where it often decodes
-# the empty "<p> <SEG> ." — a known limit, docs/default-model.md), so here GCG only has to run.
+# About half of what the bundled model scores on this world (seed 7, 4 test images): PQ 56.5, mIoU
+# 48.1, referring cIoU 18.1, reasoning gIoU 57.4, GCG mIoU 63.1 (AP50 16.8, too few phrases on 4 images
+# for a floor), interactive mIoU 59.7-59.8, VGD AP 43.9-44.0 (%). A random small model scores 0-1 % on
+# all of them but reasoning gIoU (15 %).
 FLOORS = {
     "pq": 0.28,
-    "miou": 0.22,
-    "refer_ciou": 0.18,
+    "miou": 0.24,
+    "refer_ciou": 0.09,
     "reason_giou": 0.29,
-    **{f"interactive_miou_{kind}": 0.31 for kind in ("point", "scribble", "box", "mask")},
-    **{f"vgd_ap_{kind}": 0.18 for kind in ("point", "scribble", "box", "mask")},
+    "gcg_miou": 0.3,
+    **{f"interactive_miou_{kind}": 0.3 for kind in ("point", "scribble", "box", "mask")},
+    **{f"vgd_ap_{kind}": 0.22 for kind in ("point", "scribble", "box", "mask")},
 }
 
 
 def test_default_model_on_a_fresh_world(tmp_path):
     """``xsam synth`` with a seed the model never saw, then ``xsam eval --model default --suite
-    synthetic``: every task runs, and every task but GCG (see FLOORS) scores well above zero."""
+    synthetic``: every task runs and scores well above zero (GCG by its mask mIoU, see FLOORS)."""
     world = tmp_path / "world"
     assert main(["synth", "--out", str(world), "--images", "40", "--seed", "7"]) == 0
     out = tmp_path / "eval"
@@ -79,6 +79,6 @@ def test_default_model_on_a_fresh_world(tmp_path):
     assert main([*argv, "--out", str(out), "--max-new-tokens", "64"]) == 0
     summary = json.loads((out / "results.json").read_text())
     assert summary["units"] == "fraction"
-    assert {"gcg_ap50", "gcg_miou"} <= summary.keys()  # GCG was evaluated (it has no floor)
+    assert "gcg_ap50" in summary  # GCG was evaluated (its AP50 has no floor)
     low = {key: summary[key] for key, floor in FLOORS.items() if not summary[key] >= floor}
     assert not low, f"below the floors {FLOORS}: {low}"
