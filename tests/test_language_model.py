@@ -76,6 +76,19 @@ def _generate_scripted(model, tokenizer, tiny_images, script):
     return prompt, images, result
 
 
+def _teacher_forced(model, prompt, images, result, generated_conds, generated_segs):
+    """A plain forward over prompt + generated tokens, with the generated tokens' cond/seg ids."""
+
+    def ids(generated):
+        return torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor(generated)])[None]
+
+    full_ids = torch.cat([prompt.input_ids, result.token_ids])
+    with torch.no_grad():
+        return model(
+            full_ids[None], cond_ids=ids(generated_conds), seg_ids=ids(generated_segs), **images
+        ).segmentation
+
+
 def test_generation_collects_states_that_match_a_teacher_forced_pass(tiny_model, tokenizer, tiny_images):
     tokens = tiny_model.config.tokens
     words = tokenizer.encode("A dog", add_special_tokens=False)
@@ -87,21 +100,15 @@ def test_generation_collects_states_that_match_a_teacher_forced_pass(tiny_model,
     assert segmentation.class_logits.shape[-1] == 2
 
     # the cached, incremental states equal a teacher-forced forward over prompt + generated tokens
-    full_ids = torch.cat([prompt.input_ids, result.token_ids])
-    cond = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor([0, 0, 0, 0, -1, -1])])
-    seg = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor([-1, -1, -1, -1, 0, -1])])
     assert len(words) == 2
-    with torch.no_grad():
-        forced = tiny_model(full_ids[None], cond_ids=cond[None], seg_ids=seg[None], **images)
-    torch.testing.assert_close(
-        forced.segmentation.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
+    forced = _teacher_forced(
+        tiny_model, prompt, images, result, [0, 0, 0, 0, -1, -1], [-1, -1, -1, -1, 0, -1]
     )
     torch.testing.assert_close(
-        forced.segmentation.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5
+        forced.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
     )
-    torch.testing.assert_close(
-        forced.segmentation.mask_logits, segmentation.mask_logits, atol=1e-4, rtol=1e-4
-    )
+    torch.testing.assert_close(forced.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forced.mask_logits, segmentation.mask_logits, atol=1e-4, rtol=1e-4)
 
 
 def test_generation_with_several_segs_decodes_the_last(tiny_model, tokenizer, tiny_images):
@@ -116,19 +123,13 @@ def test_generation_with_several_segs_decodes_the_last(tiny_model, tokenizer, ti
     assert segmentation.seg_embeddings.shape[0] == 1
     assert segmentation.class_logits.shape[-1] == 3  # two generated phrases + background
 
-    full_ids = torch.cat([prompt.input_ids, result.token_ids])
     n = len(phrase)
     generated_conds = [-1, *[0] * n, -1, *[1] * n, -1, -1]  # <p> through </p> form a phrase
     generated_segs = [-1] * (len(script) - 2) + [0, -1]
-    cond = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor(generated_conds)])
-    seg = torch.cat([torch.full_like(prompt.input_ids, -1), torch.tensor(generated_segs)])
-    with torch.no_grad():
-        forced = tiny_model(full_ids[None], cond_ids=cond[None], seg_ids=seg[None], **images)
+    forced = _teacher_forced(tiny_model, prompt, images, result, generated_conds, generated_segs)
+    torch.testing.assert_close(forced.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        forced.segmentation.seg_embeddings, segmentation.seg_embeddings, atol=1e-5, rtol=1e-5
-    )
-    torch.testing.assert_close(
-        forced.segmentation.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
+        forced.condition_embeddings, segmentation.condition_embeddings, atol=1e-5, rtol=1e-5
     )
 
 
