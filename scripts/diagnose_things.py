@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -32,6 +33,7 @@ from pycocotools import mask as mask_utils
 
 from xsam import XSamModel, XSamPredictor
 from xsam.data.transforms import postprocess_masks, sam_scaled_size
+from xsam.eval.metrics.gcg import mask_iou_matrix
 
 
 @dataclass
@@ -91,11 +93,12 @@ def thing_statistics(
         if out.condition_embeddings is not None:
             unit = F.normalize(out.condition_embeddings[0].float(), dim=-1)
             cosines.append(unit @ unit.T)
-        for annotation in by_image.get(image["id"], []):
-            truth = torch.from_numpy(mask_utils.decode(annotation["segmentation"])).bool()
-            inter = (masks & truth).flatten(1).sum(1).float()
-            union = (masks | truth).flatten(1).sum(1).float().clamp(min=1)
-            iou, query = (inter / union).max(0)
+        annotations = by_image.get(image["id"], [])
+        if not annotations:
+            continue
+        truths = np.stack([mask_utils.decode(a["segmentation"]) for a in annotations])
+        ious = torch.from_numpy(mask_iou_matrix(masks.numpy(), truths))  # (Q, G)
+        for annotation, (iou, query) in zip(annotations, zip(*ious.max(0), strict=True), strict=True):
             label = names.index(id_to_name[annotation["category_id"]])
             p = probabilities[query]
             right = float(int(p[:-1].argmax()) == label)

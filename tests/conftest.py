@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random model and the bundled tokenizer (built once per session)."""
+"""Shared fixtures: a tiny random model, the bundled tokenizer and a small synthetic world (built once per
+session)."""
 
 import json
 from pathlib import Path
@@ -8,8 +9,17 @@ import torch
 
 import xsam
 from xsam.config import XSamConfig
+from xsam.data.synthetic import generate_world
 from xsam.modeling.xsam import XSamModel
 from xsam.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-image ``xsam synth`` world of 128 px scenes (seed 5); tests must not write into it."""
+    root = tmp_path_factory.mktemp("small-world") / "world"
+    generate_world(root, seed=5, images=6, image_size=128)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -2,40 +2,29 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from script_support import load_script
 from xsam import XSamModel, XSamPredictor
-from xsam.data.synthetic import generate_world
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "diagnose_things.py"
 
 
 @pytest.fixture(scope="module")
 def diagnose():
-    spec = importlib.util.spec_from_file_location("diagnose_things", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("diagnose_things")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("diagnose") / "world"
-    generate_world(root, seed=3, images=6, image_size=128)
-    return root
+def predictor() -> XSamPredictor:
+    return XSamPredictor(XSamModel.from_pretrained("default"))
 
 
-def test_every_shape_gets_its_best_query_figures(diagnose, world: Path) -> None:
-    predictor = XSamPredictor(XSamModel.from_pretrained("default"))
-    stats = diagnose.thing_statistics(predictor, world, "test", images=3)
-    instances = json.loads((world / "instances/instances_test.json").read_text())
+def test_every_shape_gets_its_best_query_figures(diagnose, predictor, small_world: Path) -> None:
+    stats = diagnose.thing_statistics(predictor, small_world, "test", images=3)
+    instances = json.loads((small_world / "instances/instances_test.json").read_text())
     first = {image["id"] for image in instances["images"][:3]}
     assert len(stats.shapes) == sum(a["image_id"] in first for a in instances["annotations"])
     assert stats.names[: stats.num_things] == [c["name"] for c in instances["categories"]]
@@ -48,7 +37,6 @@ def test_every_shape_gets_its_best_query_figures(diagnose, world: Path) -> None:
     assert "pairwise cosine" in stats.summary()
 
 
-def test_closed_set_needs_a_stage_1_model(diagnose, world: Path) -> None:
-    predictor = XSamPredictor(XSamModel.from_pretrained("default"))
+def test_closed_set_needs_a_stage_1_model(diagnose, predictor, small_world: Path) -> None:
     with pytest.raises(ValueError, match="closed-set head"):
-        diagnose.thing_statistics(predictor, world, "test", images=1, closed_set=True)
+        diagnose.thing_statistics(predictor, small_world, "test", images=1, closed_set=True)

@@ -2,13 +2,13 @@
 synthesis. Fixtures: ``tests/data/formats/{gcg,vgd,interactive,llava}`` (24 x 32 images), written by
 ``tests/data/formats/make_gcg_vgd_llava_fixtures.py``."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from script_support import load_script
 from xsam.data.formats.gcg import (
     read_flickr_gcg,
     read_gcg_eval,
@@ -53,9 +53,7 @@ def spans(record):
 
 
 def test_fixture_json_matches_the_generator(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_fixtures", DATA / "make_gcg_vgd_llava_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(DATA / "make_gcg_vgd_llava_fixtures.py")
     module.main(tmp_path)
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json"))
     assert len(written) == 9

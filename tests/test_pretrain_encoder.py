@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,30 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from script_support import load_script
 from xsam import XSamConfig, XSamModel
-from xsam.data.synthetic import generate_world
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_encoder.py"
 
 
 @pytest.fixture(scope="module")
 def pretrain():
-    spec = importlib.util.spec_from_file_location("pretrain_encoder", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pretrain_encoder")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain") / "world"
-    generate_world(root, seed=5, images=6, image_size=128)
-    return root
-
-
-def test_views_are_windows_around_each_shape_cut_at_random_offsets(pretrain, world: Path) -> None:
-    views = pretrain.shape_views(world, "train")
-    annotations = json.loads((world / "instances/instances_train.json").read_text())["annotations"]
+def test_views_are_windows_around_each_shape_cut_at_random_offsets(pretrain, small_world: Path) -> None:
+    views = pretrain.shape_views(small_world, "train")
+    annotations = json.loads((small_world / "instances/instances_train.json").read_text())["annotations"]
     assert len(views) == len(annotations)
     span, cell = pretrain.SPAN, pretrain.CELL
     generator = torch.Generator().manual_seed(0)
@@ -81,11 +68,11 @@ def test_mosaic_pools_each_shape_inside_its_own_cell(pretrain) -> None:
 
 
 def test_writes_a_stage_one_init_with_a_trained_encoder(
-    pretrain, world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pretrain, small_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "s0"
     options = ["--out", str(out), "--steps", "2", "--batch-size", "1", "--eval-every", "1"]
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(world), *options])
+    monkeypatch.setattr(sys, "argv", [pretrain.__file__, str(small_world), *options])
     pretrain.main()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [record["step"] for record in records] == [1, 2]
