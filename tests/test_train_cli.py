@@ -213,7 +213,7 @@ def test_two_process_cpu_run_keeps_ranks_in_sync(tmp_path):
         *FAST,
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     records = _read_log(output)
     steps = [record for record in records if "step" in record]

@@ -604,6 +604,7 @@ def _add_preset_overrides(train: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from .distributed import finish_processes
     from .eval.benchmarks import get_benchmark, get_suite
     from .eval.evaluate import evaluate_benchmark, suite_summary, write_results
     from .inference.predictor import XSamPredictor
@@ -650,6 +651,7 @@ def _eval(args: argparse.Namespace) -> int:
         if summary is not None:
             print(", ".join(f"{key} {100 * value:.2f}" for key, value in summary.items()) + " (%)")
         print(f"results: {written['results.json']} and {written['results.md']}")
+    finish_processes()
     return 0
 
 

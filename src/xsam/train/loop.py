@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..config import XSamConfig
 from ..data.collate import Batch, collate
 from ..data.mixture import MixtureDataset, SourceGroupedSampler
+from ..distributed import finish_processes
 from ..losses.criterion import SegmentationCriterion, count_target_masks
 from ..modeling.xsam import XSamModel
 from ..tasks.conversation import IGNORE_INDEX
@@ -285,7 +286,7 @@ def _finish(accelerator: Accelerator, module: Any, output_dir: Path) -> Path:
     final = output_dir / FINAL_DIR
     if accelerator.is_main_process:
         accelerator.unwrap_model(module).model.save_pretrained(final)
-    accelerator.wait_for_everyone()
+    finish_processes()  # every rank waits for the save
     accelerator.end_training()
     return final
 
