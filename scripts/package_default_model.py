@@ -6,9 +6,9 @@ Takes ``WORK/s3/final``, drops the stage-1 closed-set head (stage 3 segments thr
 class embeddings; the head is unused), stores the weights in float16 (``XSamModel.from_pretrained(
 "default")`` loads them as float32) without a tokenizer copy (the bundled Phi-3 tokenizer is used),
 and writes them to ``src/xsam/assets/default-model``. The evaluation results, the loss curves, the
-stages' ``log.jsonl`` (0–3) and the contact sheet of ``xsam predict --examples`` (run with the packaged
-weights) go to ``docs/default-model/``, with stage 1's closed-set results (``results_stage1.*``)
-where the run has them.
+stages' ``log.jsonl`` (s0–s3, s2b where run) and the contact sheet of ``xsam predict --examples``
+(run with the packaged weights) go to ``docs/default-model/``, with stage 1's closed-set results
+(``results_stage1.*``) where the run has them.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def package(work: Path) -> Path:
         if source.is_file():
             shutil.copy(source, DOCS / name)
     (DOCS / "logs").mkdir(exist_ok=True)
-    for stage in ("s0", "s1", "s2", "s3"):
-        if stage != "s0" or (work / stage / "log.jsonl").is_file():  # runs before stage 0 had none
+    for stage in ("s0", "s1", "s2", "s2b", "s3"):
+        if stage in ("s1", "s2", "s3") or (work / stage / "log.jsonl").is_file():  # optional stages
             shutil.copy(work / stage / "log.jsonl", DOCS / "logs" / f"{stage}.jsonl")
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "examples"

@@ -22,6 +22,7 @@ S1_CLASS_WEIGHT=${S1_CLASS_WEIGHT:-2}
 S1_DECAY=${S1_DECAY:-cosine}
 S1_JITTER=${S1_JITTER:-0.75,1.25}
 S2_STEPS=${S2_STEPS:-100}
+S2B_STEPS=${S2B_STEPS:-0}  # 0: no distillation of the closed-set head into the LLM before stage 3
 S3_STEPS=${S3_STEPS:-3000}
 EVAL_LIMIT=${EVAL_LIMIT:-}  # evaluate only the first N samples of each benchmark (empty: all)
 PACKAGE=${PACKAGE:-1}
@@ -74,10 +75,21 @@ stage s2 --stage align_pretrain --init "$WORK/s1/final" --lr 1e-3 \
   --batch-size 4 --max-steps "$S2_STEPS" --seed "$SEED" \
   --data-root "$WORLD" --data "llava:json=llava/pretrain_train.json,image_dir=images/train,name=synthetic_pretrain"
 
+# Stage 2b (optional): distil stage 1's closed-set head into the LLM's <p>name</p> class embeddings, so
+# that stage 3 starts with an LLM that tells the classes apart (a from-scratch one collapses the shapes).
+s3_init=$WORK/s2/final
+if [ "$S2B_STEPS" -gt 0 ]; then
+  if [ ! -f "$WORK/s2b/final/config.json" ]; then
+    python "$HERE/distill_class_head.py" "$WORK/s2/final" "$WORLD" --out "$WORK/s2b" --steps "$S2B_STEPS" \
+      --seed "$SEED" > "$WORK/s2b.out" 2>&1
+  fi
+  s3_init=$WORK/s2b/final
+fi
+
 # Stage 3: every module on the task mixture (LM + segmentation losses). The LLM and SigLIP learn from
 # scratch at 1e-3; stage 1's SAM encoder is frozen (multiplier 0) and the rest of the segmentor moves
 # slower, so that what stage 1 learnt is kept.
-stage s3 --stage mixed_finetune --init "$WORK/s2/final" \
+stage s3 --stage mixed_finetune --init "$s3_init" \
   --lr 1e-3 --lr-multiplier image_encoder=1.0 --lr-multiplier segmentation_encoder=0 \
   --lr-multiplier connector=0.2 --lr-multiplier pixel_decoder=0.2 --lr-multiplier mask_decoder=0.5 \
   --batch-size 2 --num-points 1024 --max-steps "$S3_STEPS" --save-every 500 --seed "$SEED" \
@@ -89,8 +101,10 @@ stage s3 --stage mixed_finetune --init "$WORK/s2/final" \
   --data "coco_vgd:vgd_json=vgd/vgd_train.json,instances=instances/instances_train.json,image_dir=images/train,name=synthetic_vgd" \
   --data "llava:json=llava/llava_train.json,image_dir=images/train,name=synthetic_llava"
 
-stages=("$WORK/s1" "$WORK/s2" "$WORK/s3")
+stages=("$WORK/s1" "$WORK/s2")
 if [ "$S0_STEPS" -gt 0 ]; then stages=("$WORK/s0" "${stages[@]}"); fi
+if [ "$S2B_STEPS" -gt 0 ]; then stages+=("$WORK/s2b"); fi
+stages+=("$WORK/s3")
 python "$HERE/plot_training.py" "${stages[@]}" --out "$WORK/losses.png"
 xsam eval --model "$WORK/s3/final" --suite synthetic --data-root "$WORLD" --out "$WORK/eval" \
   --max-new-tokens 64 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval.out" 2>&1
