@@ -45,7 +45,9 @@ def plot(runs: list[Path], out: Path, *, window: int = 25) -> Path:
     figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     offset = 0
     for index, (run, steps) in enumerate(logs):
-        label = run.name if run.is_dir() else run.parent.name
+        # a run folder, its log.jsonl, or a copied log named after its stage (logs/s3.jsonl)
+        label = run.name if run.is_dir() or run.name != "log.jsonl" else run.parent.name
+        label = label.removesuffix(".jsonl")
         colour = f"C{index}"  # one colour per run in every panel
         for axis, key in zip(axes[0], keys, strict=True):
             points = [(record["step"], record[key]) for record in steps if key in record]
