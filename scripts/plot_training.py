@@ -46,8 +46,7 @@ def plot(runs: list[Path], out: Path, *, window: int = 25) -> Path:
     offset = 0
     for index, (run, steps) in enumerate(logs):
         # a run folder, its log.jsonl, or a copied log named after its stage (logs/s3.jsonl)
-        label = run.name if run.is_dir() or run.name != "log.jsonl" else run.parent.name
-        label = label.removesuffix(".jsonl")
+        label = run.parent.name if run.name == "log.jsonl" else run.name.removesuffix(".jsonl")
         colour = f"C{index}"  # one colour per run in every panel
         for axis, key in zip(axes[0], keys, strict=True):
             points = [(record["step"], record[key]) for record in steps if key in record]
