@@ -11,7 +11,7 @@
 # (the fourth run). The seventh run used
 #   S0_STEPS=1600 S1_STEPS=1000 S1_SAM_LR=0.1 S3_STEPS=2000 scripts/train_default_model.sh WORK
 # and the thirteenth (the best generic segmenter so far, not bundled: its GCG grounds nothing)
-#   S0_STEPS=4800 S1_STEPS=800 S1_SAM_LR=0.3 S2B_STEPS=400 S3_LLM_LR=0.3 S3_PANOPTIC_COPIES=2 \
+#   S0_STEPS=4800 S1_STEPS=800 S1_SAM_LR=0.3 S2B_STEPS=400 S3_LLM_LR=0.3 S3_PANOPTIC_REPEAT=2 \
 #     scripts/train_default_model.sh WORK
 set -euo pipefail
 
@@ -28,7 +28,9 @@ S2_STEPS=${S2_STEPS:-100}
 S2B_STEPS=${S2B_STEPS:-0}  # 0: no distillation of the closed-set head into the LLM before stage 3
 S3_STEPS=${S3_STEPS:-3000}
 S3_LLM_LR=${S3_LLM_LR:-1.0}  # stage 3's learning-rate factor on the LLM (the thirteenth run: 0.3)
-S3_PANOPTIC_COPIES=${S3_PANOPTIC_COPIES:-1}  # panoptic sources in stage 3's mixture (the thirteenth run: 2)
+S3_HEAD_LR=${S3_HEAD_LR:-$S3_LLM_LR}  # stage 3's factor on the LLM's output head alone
+S3_PANOPTIC_REPEAT=${S3_PANOPTIC_REPEAT:-1}  # how often stage 3 draws panoptic samples (the thirteenth run: 2)
+S3_GCG_REPEAT=${S3_GCG_REPEAT:-1}  # and GCG samples
 EVAL_LIMIT=${EVAL_LIMIT:-}  # evaluate only the first N samples of each benchmark (empty: all)
 PACKAGE=${PACKAGE:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -94,22 +96,17 @@ fi
 # Stage 3: every module on the task mixture (LM + segmentation losses). The LLM and SigLIP learn from
 # scratch at 1e-3; stage 1's SAM encoder is frozen (multiplier 0) and the rest of the segmentor moves
 # slower, so that what stage 1 learnt is kept.
-# S3_PANOPTIC_COPIES > 1 repeats the panoptic source under new names, for more panoptic batches.
-s3_panoptic=()
-for copy in $(seq 1 "$S3_PANOPTIC_COPIES"); do
-  suffix=$([ "$copy" -gt 1 ] && echo "$copy" || true)
-  s3_panoptic+=(--data "${panoptic/name=synthetic_panoptic/name=synthetic_panoptic$suffix}")
-done
+# S3_PANOPTIC_REPEAT and S3_GCG_REPEAT draw those sources more often than the mixture's square-root rule.
 stage s3 --stage mixed_finetune --init "$s3_init" \
   --lr 1e-3 --lr-multiplier image_encoder=1.0 --lr-multiplier segmentation_encoder=0 \
   --lr-multiplier connector=0.2 --lr-multiplier pixel_decoder=0.2 --lr-multiplier mask_decoder=0.5 \
-  --lr-multiplier language_model="$S3_LLM_LR" \
+  --lr-multiplier language_model="$S3_LLM_LR" --lr-multiplier language_model.lm_head="$S3_HEAD_LR" \
   --batch-size 2 --num-points 1024 --max-steps "$S3_STEPS" --save-every 500 --seed "$SEED" \
   --data-root "$WORLD" \
-  "${s3_panoptic[@]}" \
+  --data "$panoptic,repeat=$S3_PANOPTIC_REPEAT" \
   --data "refer:dataset_dir=refer,image_dir=images,dataset=refcoco,split=train,name=synthetic_refer" \
   --data "reasonseg:split_dir=reasonseg/train,explanatory=reasonseg/explanatory/train.json,name=synthetic_reasonseg" \
-  --data "grandf:json=gcg/gcg_train.json,image_dir=images/train,name=synthetic_gcg" \
+  --data "grandf:json=gcg/gcg_train.json,image_dir=images/train,name=synthetic_gcg,repeat=$S3_GCG_REPEAT" \
   --data "coco_vgd:vgd_json=vgd/vgd_train.json,instances=instances/instances_train.json,image_dir=images/train,name=synthetic_vgd" \
   --data "llava:json=llava/llava_train.json,image_dir=images/train,name=synthetic_llava"
 

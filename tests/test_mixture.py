@@ -28,6 +28,20 @@ def test_repeat_factors_on_hand_computed_sizes():
     assert repeat_factor(0, 10, 0.1) == 1.0
 
 
+def test_weights_multiply_the_square_root_repeat():
+    datasets = {name: [f"{name}-{i}" for i in range(n)] for name, n in SIZES.items()}
+    mixture = MixtureDataset(datasets, weights={"large": 2.0, "small": 0.5})
+    assert mixture.repeat_factors["large"] == 2.0
+    assert mixture.repeat_factors["medium"] == pytest.approx(math.sqrt(1.11), rel=1e-12)
+    assert mixture.repeat_factors["small"] == pytest.approx(0.5 * math.sqrt(11.1), rel=1e-12)
+    assert mixture.source_lengths == {"large": 2000, "medium": 105, "small": 16}
+    assert mixture[1999] == "large-999" and mixture[2000] == "medium-0"
+    with pytest.raises(ValueError, match=r"unknown source.*huge"):
+        MixtureDataset(datasets, weights={"huge": 2.0})
+    with pytest.raises(ValueError, match="must be positive"):
+        MixtureDataset(datasets, weights={"small": 0.0})
+
+
 def test_mixture_indexes_each_source_modulo_its_size():
     mixture = _mixture()
     assert mixture[0] == "large-0" and mixture[999] == "large-999"

@@ -55,12 +55,14 @@ def test_parse_splits_keys_and_takes_name_and_root_apart():
         root="/data",
     )
     assert parse_dataset_spec("llava:json=a.json,image_dir=img").name == "llava"  # defaults to the format
+    assert parse_dataset_spec("llava:json=a.json,image_dir=img").repeat == 1.0
+    assert parse_dataset_spec("llava:json=a.json,image_dir=img,repeat=2.5").repeat == 2.5
 
 
 def test_parse_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"unknown dataset format 'cocoo'.*coco_panoptic.*llava"):
         parse_dataset_spec("cocoo:json=a")
-    with pytest.raises(ValueError, match=r"unknown key.*jsn.*valid keys: json, image_dir, name, root"):
+    with pytest.raises(ValueError, match=r"unknown key.*jsn.*valid keys: json, image_dir, name, root, rep"):
         parse_dataset_spec("llava:jsn=a.json,image_dir=img")
     with pytest.raises(ValueError, match=r"missing required key.*png_dir"):
         parse_dataset_spec("coco_panoptic:annotations=a.json,image_dir=img")
@@ -68,6 +70,10 @@ def test_parse_errors_name_what_is_wrong():
         parse_dataset_spec("llava:json=a.json,json=b.json,image_dir=img")
     with pytest.raises(ValueError, match="expected key=value"):
         parse_dataset_spec("llava:json=a.json,image_dir")
+    with pytest.raises(ValueError, match="repeat must be a number, got 'twice'"):
+        parse_dataset_spec("llava:json=a.json,image_dir=img,repeat=twice")
+    with pytest.raises(ValueError, match="repeat must be a positive number"):
+        parse_dataset_spec("llava:json=a.json,image_dir=img,repeat=0")
     with pytest.raises(ValueError, match="min_words"):
         load_records(parse_dataset_spec("flickr_gcg:json=a.json,image_dir=i,min_words=many"))
 
@@ -210,6 +216,8 @@ def test_build_mixture_names_sources_and_oversamples(tokenizer):
     assert [dataset.task for dataset in datasets.values()] == [Task.GENERIC, Task.GENERIC, Task.REASONING]
     # sizes 3 / 2 / 2 of 7, ratio 2: repeats sqrt(2 * 7 / 3) = 2.16 and sqrt(2 * 7 / 2) = 2.65
     assert mixture.lengths == [6, 5, 5]
+    doubled = [specs[0], parse_dataset_spec(PANOPTIC + ",repeat=2"), specs[2]]
+    assert build_mixture(doubled, CONFIG, tokenizer, data_root=DATA, ratio=2.0)[0].lengths == [6, 10, 5]
     sample = mixture[mixture.offsets["reasonseg"]]
     assert sample.source == "reasonseg" and sample.task is Task.REASONING
     with pytest.raises(ValueError, match="repeated: coco_panoptic"):

@@ -24,28 +24,46 @@ def repeat_factor(size: int, total: int, ratio: float) -> float:
 
 
 class MixtureDataset(Generic[_ItemT]):
-    """Named datasets concatenated in mapping order, each repeated ``r = max(1, sqrt(ratio / f))``.
+    """Named datasets concatenated in mapping order, each repeated ``r = w * max(1, sqrt(ratio / f))``.
 
-    ``f`` is the source's share of all samples; the repeat is fractional: a source of ``N`` samples
-    occupies ``int(N * r)`` consecutive indices and index ``k`` of that block reads sample ``k mod N``.
-    E.g. sizes 1000 / 100 / 10 with ratio 0.1 give lengths 1000 / 105 / 33.
+    ``f`` is the source's share of all samples and ``w`` its weight (1 unless given); the repeat is
+    fractional: a source of ``N`` samples occupies ``int(N * r)`` consecutive indices and index ``k``
+    of that block reads sample ``k mod N``. E.g. sizes 1000 / 100 / 10 with ratio 0.1 give lengths
+    1000 / 105 / 33; a weight of 2 on the first makes it 2000.
 
     Args:
         datasets: source name -> any sequence (``len`` and integer indexing).
         ratio: the official ``oversample_ratio`` (0.1).
+        weights: source name -> a positive factor on its repeat (how much more often than the
+            square-root rule its samples are drawn); sources not named keep 1.
     """
 
-    def __init__(self, datasets: Mapping[str, Sequence[_ItemT]], *, ratio: float = 0.1) -> None:
+    def __init__(
+        self,
+        datasets: Mapping[str, Sequence[_ItemT]],
+        *,
+        ratio: float = 0.1,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         if not datasets:
             raise ValueError("MixtureDataset needs at least one dataset")
         if ratio <= 0:
             raise ValueError(f"ratio must be positive, got {ratio}")
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(datasets))
+        if unknown:
+            raise ValueError(f"weights name unknown source(s) {', '.join(unknown)}")
+        bad = {name: weight for name, weight in weights.items() if not weight > 0}
+        if bad:
+            raise ValueError(f"source weights must be positive, got {bad}")
         self.datasets = dict(datasets)
         sizes = {name: len(dataset) for name, dataset in self.datasets.items()}
         total = sum(sizes.values())
         if total == 0:
             raise ValueError("every dataset of the mixture is empty")
-        self.repeat_factors = {name: repeat_factor(size, total, ratio) for name, size in sizes.items()}
+        self.repeat_factors = {
+            name: weights.get(name, 1.0) * repeat_factor(size, total, ratio) for name, size in sizes.items()
+        }
         self.source_lengths = {name: int(sizes[name] * self.repeat_factors[name]) for name in sizes}
         self.offsets, start = {}, 0
         for name, length in self.source_lengths.items():

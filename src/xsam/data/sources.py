@@ -8,8 +8,10 @@ A source is written ``FORMAT:key=value,key=value`` (:func:`parse_dataset_spec`),
 
 :data:`READERS` is the one table of formats: which reader each calls and which keys it takes
 (:func:`readers_help` prints it). Every format also takes ``name=`` (the source's name in the mixture and
-its records' ``source``; default: the format name) and ``root=`` (a folder the path keys are relative to,
-itself relative to ``data_root``). Values cannot contain commas.
+its records' ``source``; default: the format name), ``root=`` (a folder the path keys are relative to,
+itself relative to ``data_root``) and ``repeat=`` (a positive factor on the source's repeat in the
+mixture, on top of the square-root oversampling: ``repeat=2`` draws it twice as often; default 1).
+Values cannot contain commas.
 
 :class:`RecordDataset` turns records into :class:`~xsam.data.samples.Sample` objects with a random
 generator seeded by ``(seed, source, epoch, index)``, so a sample does not depend on which worker builds
@@ -20,6 +22,7 @@ it nor on whether the run was resumed; :func:`build_mixture` puts several source
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +46,9 @@ from .samples import Sample, SampleOptions, SampleTooLongError, build_sample
 
 logger = logging.getLogger(__name__)
 
-COMMON_KEYS = ("name", "root")
-"""Keys every format takes: the source's name, and the folder its paths are relative to."""
+COMMON_KEYS = ("name", "root", "repeat")
+"""Keys every format takes: the source's name, the folder its paths are relative to, and a factor on
+how often the mixture draws it."""
 
 
 def _read_names(path: Path) -> list[tuple[str, bool]]:
@@ -207,12 +211,15 @@ class DatasetSpec:
         options: the format's keys (``name`` and ``root`` excluded) -> their unparsed values.
         name: the source's name in the mixture and its records' ``source``.
         root: the folder relative path keys are joined to (None: ``data_root`` or the working folder).
+        repeat: a positive factor on the source's repeat in the mixture (see
+            :class:`~xsam.data.mixture.MixtureDataset`'s ``weights``).
     """
 
     format: str
     options: Mapping[str, str] = field(default_factory=dict)
     name: str = ""
     root: str | None = None
+    repeat: float = 1.0
 
     def __post_init__(self) -> None:
         entry = _entry(self.format)
@@ -226,6 +233,8 @@ class DatasetSpec:
             raise ValueError(f"{self.format}: missing required key(s) {', '.join(missing)}")
         if not self.name:
             object.__setattr__(self, "name", self.format)
+        if not (math.isfinite(self.repeat) and self.repeat > 0):
+            raise ValueError(f"{self.format}: repeat must be a positive number, got {self.repeat}")
 
 
 def _entry(format_name: str) -> ReaderEntry:
@@ -254,7 +263,12 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
         options[key] = value
     name = options.pop("name", "")
     root = options.pop("root", None)
-    return DatasetSpec(format_name, options, name=name, root=root)
+    repeat = options.pop("repeat", "1")
+    try:
+        repeat_factor = float(repeat)
+    except ValueError:
+        raise ValueError(f"{text!r}: repeat must be a number, got {repeat!r}") from None
+    return DatasetSpec(format_name, options, name=name, root=root, repeat=repeat_factor)
 
 
 def _base_folder(spec: DatasetSpec, data_root: Path | None) -> Path | None:
@@ -429,4 +443,5 @@ def build_mixture(
         )
         for spec in specs
     }
-    return MixtureDataset(datasets, ratio=ratio), datasets
+    weights = {spec.name: spec.repeat for spec in specs}
+    return MixtureDataset(datasets, ratio=ratio, weights=weights), datasets
