@@ -115,8 +115,9 @@ if [ "$S0_STEPS" -gt 0 ]; then stages=("$WORK/s0" "${stages[@]}"); fi
 if [ "$S2B_STEPS" -gt 0 ]; then stages+=("$WORK/s2b"); fi
 stages+=("$WORK/s3")
 python "$HERE/plot_training.py" "${stages[@]}" --out "$WORK/losses.png"
+# GCG generates its caption: the world's training answers take up to 72 tokens (64 cut a tenth of them).
 xsam eval --model "$WORK/s3/final" --suite synthetic --data-root "$WORLD" --out "$WORK/eval" \
-  --max-new-tokens 64 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval.out" 2>&1
+  --max-new-tokens 128 ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval.out" 2>&1
 # Stage 1 alone (its closed-set segmentor, no LLM), to tell the segmentor's errors from the LLM's.
 xsam eval --model "$WORK/s1/final" --suite synthetic_closed_set --data-root "$WORLD" --out "$WORK/eval_s1" \
   ${EVAL_LIMIT:+--limit "$EVAL_LIMIT"} > "$WORK/eval_s1.out" 2>&1
