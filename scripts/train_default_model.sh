@@ -5,32 +5,34 @@
 #
 #   scripts/train_default_model.sh [WORK_DIR]          # default WORK_DIR: runs/default-model
 #
-# The defaults are the settings of the bundled model, the eighth run of docs/default-model.md (about 70
-# minutes of training on 2 CPU cores); override them through the environment. Stage 0 pretrains the SAM
-# encoder (scripts/pretrain_encoder.py, our stand-in for SAM's pretrained weights); S0_STEPS=0 drops it
-# (the fourth run). The seventh run used
-#   S0_STEPS=1600 S1_STEPS=1000 S1_SAM_LR=0.1 S3_STEPS=2000 scripts/train_default_model.sh WORK
-# and the thirteenth (the best generic segmenter so far, not bundled: its GCG grounds nothing)
-#   S0_STEPS=4800 S1_STEPS=800 S1_SAM_LR=0.3 S2B_STEPS=400 S3_LLM_LR=0.3 S3_PANOPTIC_REPEAT=2 \
-#     scripts/train_default_model.sh WORK
+# The defaults are the settings of the bundled model, the fourteenth run of docs/default-model.md (about
+# 100 minutes of training on 2 CPU cores); override them through the environment. Stage 0 pretrains the
+# SAM encoder (scripts/pretrain_encoder.py, our stand-in for SAM's pretrained weights); stage 2b distils
+# stage 1's closed-set head into the LLM's class embeddings (scripts/distill_class_head.py). Earlier runs:
+# the eighth (bundled before the fourteenth)
+#   S0_STEPS=1600 S1_STEPS=1500 S1_SAM_LR=1.0 S2B_STEPS=0 S3_LLM_LR=1.0 S3_PANOPTIC_REPEAT=1 \
+#     S3_GCG_REPEAT=1 scripts/train_default_model.sh WORK
+# the thirteenth
+#   S0_STEPS=4800 S1_STEPS=800 S2B_STEPS=400 S3_HEAD_LR=0.3 S3_GCG_REPEAT=1 scripts/train_default_model.sh WORK
+# and the fourth: the eighth's settings with S0_STEPS=0 (no stage 0).
 set -euo pipefail
 
 WORK=${1:-runs/default-model}
 SEED=${SEED:-0}
 IMAGES=${IMAGES:-2000}
-S0_STEPS=${S0_STEPS:-1600}  # 0: no stage 0, stage 1 starts from random weights
-S1_STEPS=${S1_STEPS:-1500}
-S1_SAM_LR=${S1_SAM_LR:-1.0}
+S0_STEPS=${S0_STEPS:-4000}  # 0: no stage 0, stage 1 starts from random weights
+S1_STEPS=${S1_STEPS:-1400}
+S1_SAM_LR=${S1_SAM_LR:-0.3}
 S1_CLASS_WEIGHT=${S1_CLASS_WEIGHT:-2}
 S1_DECAY=${S1_DECAY:-cosine}
 S1_JITTER=${S1_JITTER:-0.75,1.25}
 S2_STEPS=${S2_STEPS:-100}
-S2B_STEPS=${S2B_STEPS:-0}  # 0: no distillation of the closed-set head into the LLM before stage 3
+S2B_STEPS=${S2B_STEPS:-400}  # 0: no distillation of the closed-set head into the LLM before stage 3
 S3_STEPS=${S3_STEPS:-3000}
-S3_LLM_LR=${S3_LLM_LR:-1.0}  # stage 3's learning-rate factor on the LLM (the thirteenth run: 0.3)
-S3_HEAD_LR=${S3_HEAD_LR:-$S3_LLM_LR}  # stage 3's factor on the LLM's output head alone
-S3_PANOPTIC_REPEAT=${S3_PANOPTIC_REPEAT:-1}  # how often stage 3 draws panoptic samples (the thirteenth run: 2)
-S3_GCG_REPEAT=${S3_GCG_REPEAT:-1}  # and GCG samples
+S3_LLM_LR=${S3_LLM_LR:-0.3}  # stage 3's learning-rate factor on the LLM
+S3_HEAD_LR=${S3_HEAD_LR:-1.0}  # and on its output head alone
+S3_PANOPTIC_REPEAT=${S3_PANOPTIC_REPEAT:-2}  # how much more often stage 3 draws panoptic samples
+S3_GCG_REPEAT=${S3_GCG_REPEAT:-1.5}  # and GCG samples
 EVAL_LIMIT=${EVAL_LIMIT:-}  # evaluate only the first N samples of each benchmark (empty: all)
 PACKAGE=${PACKAGE:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -93,9 +95,10 @@ if [ "$S2B_STEPS" -gt 0 ]; then
   s3_init=$WORK/s2b/final
 fi
 
-# Stage 3: every module on the task mixture (LM + segmentation losses). The LLM and SigLIP learn from
-# scratch at 1e-3; stage 1's SAM encoder is frozen (multiplier 0) and the rest of the segmentor moves
-# slower, so that what stage 1 learnt is kept.
+# Stage 3: every module on the task mixture (LM + segmentation losses). SigLIP learns from scratch at
+# 1e-3; stage 1's SAM encoder is frozen (multiplier 0) and the rest of the segmentor moves slower, so that
+# what stage 1 learnt is kept; the LLM moves at S3_LLM_LR, which keeps stage 2b's class embeddings, and
+# its output head at S3_HEAD_LR, so that the answers' form (GCG's closing <SEG>) is still learnt.
 # S3_PANOPTIC_REPEAT and S3_GCG_REPEAT draw those sources more often than the mixture's square-root rule.
 stage s3 --stage mixed_finetune --init "$s3_init" \
   --lr 1e-3 --lr-multiplier image_encoder=1.0 --lr-multiplier segmentation_encoder=0 \
