@@ -38,8 +38,9 @@ def test_weights_multiply_the_square_root_repeat():
     assert mixture[1999] == "large-999" and mixture[2000] == "medium-0"
     with pytest.raises(ValueError, match=r"unknown source.*huge"):
         MixtureDataset(datasets, weights={"huge": 2.0})
-    with pytest.raises(ValueError, match="must be positive"):
-        MixtureDataset(datasets, weights={"small": 0.0})
+    for weight in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="must be positive and finite"):
+            MixtureDataset(datasets, weights={"small": weight})
 
 
 def test_mixture_indexes_each_source_modulo_its_size():

@@ -53,9 +53,9 @@ class MixtureDataset(Generic[_ItemT]):
         unknown = sorted(set(weights) - set(datasets))
         if unknown:
             raise ValueError(f"weights name unknown source(s) {', '.join(unknown)}")
-        bad = {name: weight for name, weight in weights.items() if not weight > 0}
+        bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight > 0)}
         if bad:
-            raise ValueError(f"source weights must be positive, got {bad}")
+            raise ValueError(f"source weights must be positive and finite, got {bad}")
         self.datasets = dict(datasets)
         sizes = {name: len(dataset) for name, dataset in self.datasets.items()}
         total = sum(sizes.values())

@@ -208,7 +208,7 @@ class DatasetSpec:
 
     Attributes:
         format: a key of :data:`READERS`.
-        options: the format's keys (``name`` and ``root`` excluded) -> their unparsed values.
+        options: the format's keys (not the common ``name``, ``root``, ``repeat``) -> their raw values.
         name: the source's name in the mixture and its records' ``source``.
         root: the folder relative path keys are joined to (None: ``data_root`` or the working folder).
         repeat: a positive factor on the source's repeat in the mixture (see
