@@ -23,6 +23,11 @@ def repeat_factor(size: int, total: int, ratio: float) -> float:
     return max(1.0, math.sqrt(ratio / (size / total)))
 
 
+def is_valid_weight(weight: float) -> bool:
+    """Whether ``weight`` can scale a source's repeat: finite and positive."""
+    return math.isfinite(weight) and weight > 0
+
+
 class MixtureDataset(Generic[_ItemT]):
     """Named datasets concatenated in mapping order, each repeated ``r = w * max(1, sqrt(ratio / f))``.
 
@@ -53,7 +58,7 @@ class MixtureDataset(Generic[_ItemT]):
         unknown = sorted(set(weights) - set(datasets))
         if unknown:
             raise ValueError(f"weights name unknown source(s) {', '.join(unknown)}")
-        bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight > 0)}
+        bad = {name: weight for name, weight in weights.items() if not is_valid_weight(weight)}
         if bad:
             raise ValueError(f"source weights must be positive and finite, got {bad}")
         self.datasets = dict(datasets)

@@ -22,7 +22,6 @@ it nor on whether the run was resumed; :func:`build_mixture` puts several source
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from .formats.llava import read_llava
 from .formats.reasonseg import read_reasonseg
 from .formats.refer import read_refer
 from .formats.visual_prompts import read_coco_interactive, read_coco_vgd
-from .mixture import MixtureDataset
+from .mixture import MixtureDataset, is_valid_weight
 from .records import Record
 from .samples import Sample, SampleOptions, SampleTooLongError, build_sample
 
@@ -233,7 +232,7 @@ class DatasetSpec:
             raise ValueError(f"{self.format}: missing required key(s) {', '.join(missing)}")
         if not self.name:
             object.__setattr__(self, "name", self.format)
-        if not (math.isfinite(self.repeat) and self.repeat > 0):
+        if not is_valid_weight(self.repeat):
             raise ValueError(f"{self.format}: repeat must be a positive number, got {self.repeat}")
 
 
@@ -265,10 +264,10 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
     root = options.pop("root", None)
     repeat = options.pop("repeat", "1")
     try:
-        repeat_factor = float(repeat)
+        weight = float(repeat)
     except ValueError:
         raise ValueError(f"{text!r}: repeat must be a number, got {repeat!r}") from None
-    return DatasetSpec(format_name, options, name=name, root=root, repeat=repeat_factor)
+    return DatasetSpec(format_name, options, name=name, root=root, repeat=weight)
 
 
 def _base_folder(spec: DatasetSpec, data_root: Path | None) -> Path | None:
