@@ -5,15 +5,19 @@
 #
 #   scripts/train_default_model.sh [WORK_DIR]          # default WORK_DIR: runs/default-model
 #
-# The defaults are the settings of the bundled model, the fourteenth run of docs/default-model.md (about
-# 100 minutes of training on 2 CPU cores); override them through the environment. Stage 0 pretrains the
+# The defaults are the settings of the bundled model, the sixteenth run of docs/default-model.md (about
+# 105 minutes of training on 2 CPU cores); override them through the environment. Stage 0 pretrains the
 # SAM encoder (scripts/pretrain_encoder.py, our stand-in for SAM's pretrained weights); stage 2b distils
 # stage 1's closed-set head into the LLM's class embeddings (scripts/distill_class_head.py). Earlier runs:
+# the fourteenth (bundled before the sixteenth)
+#   S3_STEPS=3000 S3_GCG_REPEAT=1.5 S3_VGD_REPEAT=1 scripts/train_default_model.sh WORK
+# the fifteenth: the sixteenth's settings with S3_GCG_REPEAT=1.5 S3_REFER_REPEAT=1.5;
 # the eighth (bundled before the fourteenth)
-#   S0_STEPS=1600 S1_STEPS=1500 S1_SAM_LR=1.0 S2B_STEPS=0 S3_LLM_LR=1.0 S3_PANOPTIC_REPEAT=1 \
-#     S3_GCG_REPEAT=1 scripts/train_default_model.sh WORK
+#   S0_STEPS=1600 S1_STEPS=1500 S1_SAM_LR=1.0 S2B_STEPS=0 S3_STEPS=3000 S3_LLM_LR=1.0 \
+#     S3_PANOPTIC_REPEAT=1 S3_GCG_REPEAT=1 S3_VGD_REPEAT=1 scripts/train_default_model.sh WORK
 # the thirteenth
-#   S0_STEPS=4800 S1_STEPS=800 S2B_STEPS=400 S3_HEAD_LR=0.3 S3_GCG_REPEAT=1 scripts/train_default_model.sh WORK
+#   S0_STEPS=4800 S1_STEPS=800 S3_STEPS=3000 S3_HEAD_LR=0.3 S3_GCG_REPEAT=1 S3_VGD_REPEAT=1 \
+#     scripts/train_default_model.sh WORK
 # and the fourth: the eighth's settings with S0_STEPS=0 (no stage 0).
 set -euo pipefail
 
@@ -28,11 +32,13 @@ S1_DECAY=${S1_DECAY:-cosine}
 S1_JITTER=${S1_JITTER:-0.75,1.25}
 S2_STEPS=${S2_STEPS:-100}
 S2B_STEPS=${S2B_STEPS:-400}  # 0: no distillation of the closed-set head into the LLM before stage 3
-S3_STEPS=${S3_STEPS:-3000}
+S3_STEPS=${S3_STEPS:-3800}
 S3_LLM_LR=${S3_LLM_LR:-0.3}  # stage 3's learning-rate factor on the LLM
 S3_HEAD_LR=${S3_HEAD_LR:-1.0}  # and on its output head alone
 S3_PANOPTIC_REPEAT=${S3_PANOPTIC_REPEAT:-2}  # how much more often stage 3 draws panoptic samples
-S3_GCG_REPEAT=${S3_GCG_REPEAT:-1.5}  # and GCG samples
+S3_GCG_REPEAT=${S3_GCG_REPEAT:-2}  # and GCG samples
+S3_REFER_REPEAT=${S3_REFER_REPEAT:-1}  # and referring samples
+S3_VGD_REPEAT=${S3_VGD_REPEAT:-2}  # and VGD samples
 EVAL_LIMIT=${EVAL_LIMIT:-}  # evaluate only the first N samples of each benchmark (empty: all)
 PACKAGE=${PACKAGE:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -99,7 +105,7 @@ fi
 # 1e-3; stage 1's SAM encoder is frozen (multiplier 0) and the rest of the segmentor moves slower, so that
 # what stage 1 learnt is kept; the LLM moves at S3_LLM_LR, which keeps stage 2b's class embeddings, and
 # its output head at S3_HEAD_LR, so that the answers' form (GCG's closing <SEG>) is still learnt.
-# S3_PANOPTIC_REPEAT and S3_GCG_REPEAT draw those sources more often than the mixture's square-root rule.
+# The S3_*_REPEAT factors draw those sources more often than the mixture's square-root rule.
 stage s3 --stage mixed_finetune --init "$s3_init" \
   --lr 1e-3 --lr-multiplier image_encoder=1.0 --lr-multiplier segmentation_encoder=0 \
   --lr-multiplier connector=0.2 --lr-multiplier pixel_decoder=0.2 --lr-multiplier mask_decoder=0.5 \
@@ -107,10 +113,10 @@ stage s3 --stage mixed_finetune --init "$s3_init" \
   --batch-size 2 --num-points 1024 --max-steps "$S3_STEPS" --save-every 500 --seed "$SEED" \
   --data-root "$WORLD" \
   --data "$panoptic,repeat=$S3_PANOPTIC_REPEAT" \
-  --data "refer:dataset_dir=refer,image_dir=images,dataset=refcoco,split=train,name=synthetic_refer" \
+  --data "refer:dataset_dir=refer,image_dir=images,dataset=refcoco,split=train,name=synthetic_refer,repeat=$S3_REFER_REPEAT" \
   --data "reasonseg:split_dir=reasonseg/train,explanatory=reasonseg/explanatory/train.json,name=synthetic_reasonseg" \
   --data "grandf:json=gcg/gcg_train.json,image_dir=images/train,name=synthetic_gcg,repeat=$S3_GCG_REPEAT" \
-  --data "coco_vgd:vgd_json=vgd/vgd_train.json,instances=instances/instances_train.json,image_dir=images/train,name=synthetic_vgd" \
+  --data "coco_vgd:vgd_json=vgd/vgd_train.json,instances=instances/instances_train.json,image_dir=images/train,name=synthetic_vgd,repeat=$S3_VGD_REPEAT" \
   --data "llava:json=llava/llava_train.json,image_dir=images/train,name=synthetic_llava"
 
 stages=("$WORK/s1" "$WORK/s2")
