@@ -72,8 +72,9 @@ def test_parse_errors_name_what_is_wrong():
         parse_dataset_spec("llava:json=a.json,image_dir")
     with pytest.raises(ValueError, match="repeat must be a number, got 'twice'"):
         parse_dataset_spec("llava:json=a.json,image_dir=img,repeat=twice")
-    with pytest.raises(ValueError, match="repeat must be a positive number"):
-        parse_dataset_spec("llava:json=a.json,image_dir=img,repeat=0")
+    for repeat in ("0", "inf", "nan"):
+        with pytest.raises(ValueError, match="repeat must be a positive, finite number"):
+            parse_dataset_spec(f"llava:json=a.json,image_dir=img,repeat={repeat}")
     with pytest.raises(ValueError, match="min_words"):
         load_records(parse_dataset_spec("flickr_gcg:json=a.json,image_dir=i,min_words=many"))
 

@@ -233,7 +233,7 @@ class DatasetSpec:
         if not self.name:
             object.__setattr__(self, "name", self.format)
         if not is_valid_weight(self.repeat):
-            raise ValueError(f"{self.format}: repeat must be a positive number, got {self.repeat}")
+            raise ValueError(f"{self.format}: repeat must be a positive, finite number, got {self.repeat}")
 
 
 def _entry(format_name: str) -> ReaderEntry:
