@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 # Our key -> the official key: the inverse of RENAME_RULES in xsam/convert/official.py, kept
-# separate (as in tests/test_convert.py) so the benchmark feeds the converter what the release holds.
+# separate (as in tests/convert/test_convert.py) so the benchmark feeds the converter what the release holds.
 OURS_TO_OFFICIAL = [
     (r"image_encoder\.siglip\.(.+)", r"visual_encoder.vision_model.\1"),
     (r"image_projector\.layers\.(.+)", r"visual_projector.model.\1"),

@@ -23,7 +23,7 @@ from torch import nn
 from xsam.config import XSamConfig
 from xsam.inference.predictor import XSamPredictor
 from xsam.modeling.xsam import XSamModel
-from xsam.tokenizer import load_tokenizer
+from xsam.tokens import load_tokenizer
 
 REQUESTS = {
     "referring": {"text": "the person on the left"},

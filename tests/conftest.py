@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny random model, the bundled tokenizer and a small synthetic world (built once per
-session)."""
+session). Helper modules shared by tests live in ``tests/support`` (put on ``sys.path`` here)."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import xsam
 from xsam.config import XSamConfig
 from xsam.data.synthetic import generate_world
 from xsam.modeling.xsam import XSamModel
-from xsam.tokenizer import load_tokenizer
+from xsam.tokens import load_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 
 @pytest.fixture(scope="session")

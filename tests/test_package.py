@@ -20,7 +20,7 @@ def test_cli_describe_prints_the_official_parameter_count(capsys):
 
 
 def test_bundled_tokenizer_is_packaged():
-    from xsam.tokenizer import default_tokenizer_dir
+    from xsam.tokens import default_tokenizer_dir
 
     assert (default_tokenizer_dir() / "tokenizer.json").is_file()
 

@@ -13,19 +13,19 @@ __all__ = ["Prediction", "Task", "XSamConfig", "XSamModel", "XSamPredictor", "__
 
 if TYPE_CHECKING:
     from .config import XSamConfig
-    from .inference.prediction import Prediction
     from .inference.predictor import XSamPredictor
     from .modeling.xsam import XSamModel
+    from .tasks.prediction import Prediction
     from .tasks.task import Task
-    from .tokenizer import load_tokenizer
+    from .tokens import load_tokenizer
 
 _LAZY = {
-    "Prediction": ("xsam.inference.prediction", "Prediction"),
+    "Prediction": ("xsam.tasks.prediction", "Prediction"),
     "Task": ("xsam.tasks.task", "Task"),
     "XSamConfig": ("xsam.config", "XSamConfig"),
     "XSamModel": ("xsam.modeling.xsam", "XSamModel"),
     "XSamPredictor": ("xsam.inference.predictor", "XSamPredictor"),
-    "load_tokenizer": ("xsam.tokenizer", "load_tokenizer"),
+    "load_tokenizer": ("xsam.tokens", "load_tokenizer"),
 }
 
 

@@ -25,6 +25,9 @@ PIL_BILINEAR = 2
 
 _ConfigT = TypeVar("_ConfigT")
 
+PRESETS = ("official", "small", "tiny")
+"""The names :meth:`XSamConfig.preset` takes."""
+
 
 @dataclass
 class ImageEncoderConfig:
@@ -106,7 +109,8 @@ class LanguageModelConfig:
 
 @dataclass
 class TokenConfig:
-    """Special tokens. ``<image>`` and ``<region>`` are placeholders mapped to negative sentinel ids."""
+    """Special tokens. ``<image>`` and ``<region>`` are placeholders mapped to negative sentinel ids;
+    ``end_token`` closes every answer of the chat template and stops generation."""
 
     seg_token: str = "<SEG>"
     phrase_start_token: str = "<p>"
@@ -118,6 +122,8 @@ class TokenConfig:
     seg_token_id: int = 32011
     phrase_start_token_id: int = 32012
     phrase_end_token_id: int = 32013
+    end_token: str = "<|end|>"
+    end_token_id: int = 32007
 
     @property
     def added_tokens(self) -> list[str]:
@@ -217,6 +223,17 @@ class XSamConfig:
         self.validate()
 
     # ----------------------------------------------------------------------------------------- presets
+    @classmethod
+    def preset(cls, name: str) -> XSamConfig:
+        """The preset called ``name``: one of :data:`PRESETS` (``official``, ``small``, ``tiny``).
+
+        Raises:
+            ValueError: unknown name; the message lists the valid ones.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown config preset {name!r}; choose from {', '.join(PRESETS)}")
+        return getattr(cls, name)()
+
     @classmethod
     def official(cls) -> XSamConfig:
         """The released X-SAM: SigLIP2-so400m-p14-384, SAM ViT-L at 1024, Phi-3-mini-4k (vocab 32014)."""

@@ -1,1 +1,2 @@
-"""Converters from other checkpoint formats to xsam-torch directories."""
+"""Converters from other checkpoint formats to xsam-torch directories (the official release:
+:mod:`.official`)."""

@@ -62,7 +62,7 @@ RENAME_RULES: list[tuple[str, Replacement]] = [
 ]
 _COMPILED = [(re.compile(pattern), replacement) for pattern, replacement in RENAME_RULES]
 
-# What each released stage contains (REFERENCE §3.1, §5.2); used to name what a partial stage lacks.
+# What each released stage's checkpoint contains; used to name what a partial stage lacks.
 STAGE_MODULES = {
     "s1": ["segmentation_encoder", "connector", "pixel_decoder", "mask_decoder", "closed_set_head"],
     "s2": ["image_projector", "seg_projector"],
@@ -398,9 +398,10 @@ def convert_checkpoint(
     checkpoints convert to partial directories whose ``conversion.json`` names the missing modules;
     load them with ``XSamModel.from_pretrained(out, allow_missing=True)``.
     """
+    from ..modeling.pretrained import config_dict
     from ..modeling.serialization import tied_aliases, write_directory
-    from ..modeling.xsam import FORMAT_KEY, FORMAT_VERSION, XSamModel
-    from ..tokenizer import load_tokenizer
+    from ..modeling.xsam import XSamModel
+    from ..tokens import load_tokenizer
 
     if inits is not None and component_configs is not None:
         raise ValueError("give --inits or --component-configs, not both")
@@ -442,7 +443,6 @@ def convert_checkpoint(
         text_tokenizer.save_pretrained(str(folder))
         (folder / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    config_dict = {FORMAT_KEY: FORMAT_VERSION, **config.to_dict()}
     # the cast happens tensor by tensor while writing, so memory never holds a cast copy of the model
-    write_directory(out, converted.state, config_dict, extra_writer=write_extras, dtype=torch_dtype)
+    write_directory(out, converted.state, config_dict(config), extra_writer=write_extras, dtype=torch_dtype)
     return converted

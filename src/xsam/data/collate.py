@@ -1,6 +1,6 @@
 """Batch :class:`~xsam.data.samples.Sample` objects of one task into ``XSamModel.forward`` inputs.
 
-The model runs one task layout per forward (REFERENCE §1.7), so a batch must be single-task; the
+The model runs one task layout per forward, so a batch must be single-task; the
 :class:`~xsam.data.mixture.SourceGroupedSampler` guarantees it for training.
 
 Targets are flattened in decoder-sample order, the order the model emits predictions in: sample by
@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from ..losses.criterion import SegmentationTarget
-from ..tasks import Task
-from ..tasks.conversation import IGNORE_INDEX
+from ..processing import SegmentationTarget
+from ..tokens import IGNORE_INDEX
 from .samples import Sample
 
 
@@ -36,7 +35,7 @@ class Batch:
         region_masks: per sample ``(R, S', S')`` bool or None; None when no sample has regions.
         targets: flattened :class:`SegmentationTarget` list in decoder-sample order.
         decode_per_seg: the layout flag ``XSamModel.forward`` takes.
-        task: the batch's task.
+        task: the batch's task (its name).
         source: the samples' common source, or their distinct sources sorted and comma-joined.
         meta: each sample's ``meta`` dict.
     """
@@ -51,7 +50,7 @@ class Batch:
     region_masks: list[torch.Tensor | None] | None
     targets: list[SegmentationTarget]
     decode_per_seg: bool
-    task: Task
+    task: str
     source: str
     meta: list[dict[str, Any]] = field(default_factory=list)
 
@@ -132,7 +131,7 @@ def collate(samples: Sequence[Sample], *, pad_token_id: int) -> Batch:
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
-    tasks = sorted({sample.task.value for sample in samples})
+    tasks = sorted({sample.task for sample in samples})
     if len(tasks) > 1:
         raise ValueError(f"a batch must hold one task, got samples of {tasks}")
     input_ids = _pad([s.input_ids for s in samples], pad_token_id)

@@ -1,6 +1,6 @@
 """The stage-3 dataset mixture: square-root oversampling and single-source optimisation steps.
 
-REFERENCE §3.3. :class:`MixtureDataset` concatenates named datasets, repeating the small ones;
+As the release trains stage 3: :class:`MixtureDataset` concatenates named datasets, repeating the small ones;
 :class:`SourceGroupedSampler` orders the concatenated indices so that every optimisation step, across
 all ranks, draws from one source (hence one task: the model runs one task layout per forward).
 """

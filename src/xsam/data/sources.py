@@ -32,7 +32,8 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from ..config import XSamConfig
-from ..tasks import Task
+from ..tasks.records import Record
+from ..tasks.registry import task_handler
 from .formats.coco import read_coco_instances, read_coco_panoptic, read_semantic_pngs
 from .formats.gcg import read_flickr_gcg, read_grandf, read_refcocog_gcg
 from .formats.llava import read_llava
@@ -40,7 +41,6 @@ from .formats.reasonseg import read_reasonseg
 from .formats.refer import read_refer
 from .formats.visual_prompts import read_coco_interactive, read_coco_vgd
 from .mixture import MixtureDataset, is_valid_weight
-from .records import Record
 from .samples import Sample, SampleOptions, SampleTooLongError, build_sample
 
 logger = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class RecordDataset(Dataset):
     ) -> None:
         if not records:
             raise ValueError(f"RecordDataset {source!r} has no records")
-        tasks = sorted({Task(record.task).value for record in records})
+        tasks = sorted({task_handler(record.task).name for record in records})
         if len(tasks) != 1:
             raise ValueError(f"RecordDataset {source!r} mixes tasks {', '.join(tasks)}; use one per source")
         self.records = list(records)
@@ -360,11 +360,11 @@ class RecordDataset(Dataset):
         self.pad_to_square = pad_to_square
         self.source = source
         self.epoch = 0
-        self._task = Task(tasks[0])
+        self._task = tasks[0]
         self._reported_too_long: set[int] = set()
 
     @property
-    def task(self) -> Task:
+    def task(self) -> str:
         return self._task
 
     def set_epoch(self, epoch: int) -> None:

@@ -1,7 +1,7 @@
-"""The benchmarks of REFERENCE §4: one table saying what each evaluates, where its files live and
-how it is scored.
+"""The benchmarks of the paper: one table saying what each evaluates, where
+its files live, how they are read and how they are scored.
 
-Paths are relative to ``--data-root`` and follow the official ``datas/`` layout (REFERENCE §3.4), so
+Paths are relative to ``--data-root`` and follow the official ``datas/`` layout, so
 a folder prepared for the official code works as is; any path can be overridden (``--path
 key=value`` on the command line, ``paths=`` in Python). The official ``data_name`` of each benchmark
 (e.g. ``coco_panoptic_genseg``) is accepted as an alias.
@@ -9,24 +9,23 @@ key=value`` on the command line, ``paths=`` in Python). The official ``data_name
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..tasks import Task
+from ..data.formats.coco import read_coco_instances, read_coco_panoptic, read_semantic_pngs
+from ..data.formats.gcg import read_gcg_eval
+from ..data.formats.json_fields import load_json
+from ..data.formats.reasonseg import read_reasonseg, split_queries
+from ..data.formats.refer import read_refer
+from ..data.formats.visual_prompts import read_coco_interactive, read_coco_vgd
+from ..tasks.base import Metric
+from ..tasks.records import Record
+from ..tasks.task import Task
+from ..tasks.visual_grounding import VISUAL_PROMPT_KINDS
 
-PANOPTIC, SEMANTIC, INSTANCE, MASK_IOU, GCG, VGD = (
-    "panoptic",
-    "semantic",
-    "instance",
-    "mask_iou",
-    "gcg",
-    "vgd",
-)
-"""Metric families: how a benchmark's predictions are scored."""
-
-VISUAL_PROMPT_KINDS = ("point", "scribble", "box", "mask")
+PANOPTIC, SEMANTIC, INSTANCE, MASK_IOU, GCG, VGD = Metric
 
 
 @dataclass(frozen=True)
@@ -35,22 +34,41 @@ class Benchmark:
 
     Attributes:
         name: the name ``xsam eval --benchmark`` takes.
-        task: the task prompted.
-        family: :data:`PANOPTIC`, :data:`SEMANTIC`, :data:`INSTANCE`, :data:`MASK_IOU`, :data:`GCG` or
-            :data:`VGD`.
+        task: the task prompted (a :class:`Task` or the name of a registered task).
+        metric: the :class:`~xsam.tasks.base.Metric` family that scores it.
         paths: file keys -> default paths relative to the data root (see :func:`resolve_paths`).
-        options: reader settings (``dataset``, ``split``, ``query_type``, ``prompt_kind``).
+        options: reader and prompt settings (``dataset``, ``split``, ``query_type``, ``prompt_kind``).
         official_name: the official ``data_name`` (an accepted alias).
         headline: the metric papers report for it (first column of the markdown table).
+        reader: reads the benchmark's records from its resolved paths (default: by metric family).
     """
 
     name: str
-    task: Task
-    family: str
+    task: str
+    metric: Metric
     paths: Mapping[str, str]
     options: Mapping[str, Any] = field(default_factory=dict)
     official_name: str = ""
     headline: str = ""
+    reader: Callable[[Benchmark, Mapping[str, Path]], list[Record]] | None = None
+
+    def __post_init__(self) -> None:
+        # plain strings: the task name as records and results spell it, the metric as an enum
+        object.__setattr__(self, "task", getattr(self.task, "value", self.task))
+        object.__setattr__(self, "metric", Metric(self.metric))
+
+    def read(self, paths: Mapping[str, Path]) -> list[Record]:
+        """The benchmark's records, read from ``paths`` (see :func:`resolve_paths`).
+
+        Raises:
+            FileNotFoundError / ValueError: missing or malformed files, or no records at all.
+        """
+        reader = self.reader or _default_reader(self)
+        records = reader(self, paths)
+        if not records:
+            where = next(iter(paths.values()), "its files")
+            raise ValueError(f"{self.name}: no samples found in {where}")
+        return records
 
 
 _COCO = "genseg_data/coco2017"
@@ -222,7 +240,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         + _visual_prompt_benchmarks()
     )
 }
-"""Every benchmark by name, in the order of REFERENCE §4."""
+"""Every benchmark by name, in the paper's order."""
 
 _ALIASES = {benchmark.official_name: name for name, benchmark in BENCHMARKS.items()}
 
@@ -384,5 +402,75 @@ def benchmarks_help() -> str:
     lines = []
     for name, benchmark in BENCHMARKS.items():
         files = ", ".join(f"{key}={path}" for key, path in benchmark.paths.items())
-        lines.append(f"  {name} ({benchmark.task.value}, {benchmark.headline}): {files}")
+        lines.append(f"  {name} ({benchmark.task}, {benchmark.headline}): {files}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ readers
+def _read_panoptic(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    task = benchmark.task
+    return read_coco_panoptic(paths["annotations"], paths["png_dir"], paths["image_dir"], task=task)
+
+
+def _read_semantic(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    """COCO panoptic PNGs (painted per class), or label PNGs with the class list of a panoptic JSON."""
+    if "png_dir" in paths:
+        return _read_panoptic(benchmark, paths)
+    classes = panoptic_classes(paths["annotations"])
+    records = read_semantic_pngs(paths["image_dir"], paths["label_dir"], classes, task=benchmark.task)
+    for record in records:
+        record.extra["category_ids"] = list(range(len(classes)))
+    return records
+
+
+def panoptic_classes(path: Path) -> list[tuple[str, bool]]:
+    """``(name, is_thing)`` in id order from a COCO-panoptic-style JSON's ``categories``."""
+    data = load_json(path)
+    categories = data.get("categories") if isinstance(data, Mapping) else None
+    if not categories:
+        raise ValueError(f"{path}: expected a JSON object with a non-empty 'categories' list")
+    ordered = sorted(categories, key=lambda category: category["id"])
+    return [(str(category["name"]), bool(category.get("isthing", 0))) for category in ordered]
+
+
+def _read_instances(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    return read_coco_instances(paths["annotations"], paths["image_dir"], task=benchmark.task)
+
+
+def _read_mask_iou(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    """Referring: one record per sentence; reasoning: one per query; interactive: per image."""
+    options = benchmark.options
+    if benchmark.task == Task.REFERRING:
+        return read_refer(
+            paths["dataset_dir"],
+            dataset=options["dataset"],
+            split=options["split"],
+            image_dir=paths["image_dir"],
+            group_by_image=False,
+        )
+    if benchmark.task == Task.REASONING:
+        return split_queries(read_reasonseg(paths["split_dir"], query_type=options["query_type"]))
+    return read_coco_interactive(paths["json"], paths["image_dir"])
+
+
+def _read_gcg(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    return read_gcg_eval(paths["mask_gt"], paths["caption_gt"], paths["image_dir"])
+
+
+def _read_vgd(benchmark: Benchmark, paths: Mapping[str, Path]) -> list[Record]:
+    """VGD prompts from their file, or synthesised from the instances when the file is absent."""
+    return read_coco_vgd(paths["vgd_json"], paths["instances"], paths["image_dir"], synthesize_missing=True)
+
+
+_READERS: dict[Metric, Callable[[Benchmark, Mapping[str, Path]], list[Record]]] = {
+    PANOPTIC: _read_panoptic,
+    SEMANTIC: _read_semantic,
+    INSTANCE: _read_instances,
+    MASK_IOU: _read_mask_iou,
+    GCG: _read_gcg,
+    VGD: _read_vgd,
+}
+
+
+def _default_reader(benchmark: Benchmark) -> Callable[[Benchmark, Mapping[str, Path]], list[Record]]:
+    return _READERS[benchmark.metric]

@@ -1,8 +1,8 @@
 """Run benchmarks: prompt every sample through :class:`~xsam.inference.XSamPredictor`, score, write.
 
-Protocol (REFERENCE §4): teacher-forced answers for every benchmark but GCG, which generates
-greedily; the evaluation thresholds of :data:`~xsam.tasks.task.TASKS`; SigLIP pad-to-square as the
-model config says. Unlike the official code, prompts are deterministic: the first question and answer
+Protocol (the official one): teacher-forced answers for every benchmark but GCG, which generates
+greedily; the evaluation thresholds of the task table; SigLIP pad-to-square as the model config
+says. Unlike the official code, prompts are deterministic: the first question and answer
 template of each list, recorded in the results, so two runs give identical numbers.
 
 Several processes (``accelerate launch``) split the images between them: samples of one image stay
@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.predictor import XSamPredictor
-from ..tasks import Task, templates
+from ..tasks.base import EvalSample
+from ..tasks.registry import task_handler
 from .benchmarks import Benchmark, SuiteEntry, get_benchmark, resolve_paths
-from .evaluators import EvalSample, Evaluator, build_evaluator, write_text_atomically
+from .evaluators import Evaluator, build_evaluator, write_text_atomically
 
 UNITS = "fraction"
 """Every metric in the results is a fraction in [0, 1] (CIDEr on its own scale); tables show percent."""
@@ -56,40 +57,24 @@ def _shards(samples: Sequence[EvalSample], index: int, count: int) -> list[EvalS
     return mine
 
 
-_GENERIC = ((templates.GENERIC_QUESTIONS,), templates.GENERIC_ANSWERS)
-_VISUAL = ((templates.VISUAL_GROUNDING_QUESTIONS,), templates.VISUAL_GROUNDING_ANSWERS)
-_TEMPLATES = {
-    Task.GENERIC: _GENERIC,
-    Task.OPEN_VOCAB: _GENERIC,
-    Task.REFERRING: ((templates.REFERRING_QUESTIONS,), templates.REFERRING_ANSWERS),
-    Task.REASONING: (
-        (templates.REASONING_LONG_QUESTIONS, templates.REASONING_SHORT_QUESTIONS),
-        templates.REASONING_ANSWERS,
-    ),
-    Task.GCG: ((templates.GCG_QUESTIONS,), None),
-    Task.INTERACTIVE: _VISUAL,
-    Task.VGD: _VISUAL,
-}
-"""The template lists each benchmark task prompts with (always their first entry, see the module
-docstring); reasoning uses the long or the short list by the query's ``is_sentence`` flag."""
-
-
 def protocol(benchmark: Benchmark, evaluator: Evaluator) -> dict[str, Any]:
-    """What the numbers depend on besides the model: templates, thresholds, generation."""
-    task = benchmark.task
-    questions, answers = _TEMPLATES[task]
+    """What the numbers depend on besides the model: templates, thresholds, generation.
+
+    The templates are the first of each list the task prompts with (reasoning: the long or the short
+    list by the query's ``is_sentence`` flag).
+    """
+    handler = task_handler(benchmark.task)
     info: dict[str, Any] = {
-        "teacher_forced": not task.spec.generates,
-        "question_templates": [question.get(0) for question in questions],
-        "answer_template": None if answers is None else answers.get(0),
+        "teacher_forced": not handler.generates,
+        "question_templates": [question.get(0) for question in handler.questions],
+        "answer_template": None if handler.answers is None or handler.generates else handler.answers.get(0),
         "score_threshold": evaluator.threshold,
-        "mask_threshold": task.spec.mask_threshold,
+        "mask_threshold": handler.mask_threshold,
         **dict(benchmark.options),
     }
-    if task is Task.GCG:
-        info["max_new_tokens"] = evaluator.max_new_tokens
-    if hasattr(evaluator, "synthesized"):
-        info["visual_prompts"] = "synthesised from instances" if evaluator.synthesized else "from file"
+    if handler.generates:
+        info["max_new_tokens"] = evaluator.samples[0].request["max_new_tokens"]
+    info.update(evaluator.protocol())
     return info
 
 
@@ -160,7 +145,7 @@ def evaluate_benchmark(
     entries = gather_object(entries) if save_predictions else []
     result = BenchmarkResult(
         benchmark=benchmark.name,
-        task=benchmark.task.value,
+        task=benchmark.task,
         metrics=evaluator.compute() if state.is_main_process else {},
         num_samples=len(samples),
         headline=benchmark.headline,

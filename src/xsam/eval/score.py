@@ -1,6 +1,8 @@
 """Score saved predictions without a model (``xsam score``): any model's outputs, ours or a peer's.
 
-Formats (``xsam eval --save-predictions`` writes exactly these):
+``--task`` names a metric family (:class:`~xsam.tasks.base.Metric`) or a task scored by one family
+(``referring`` -> ``mask_iou``, ``vgd`` -> its instance AP, ...). Formats (``xsam eval
+--save-predictions`` writes exactly these):
 
 * ``panoptic``: COCO panoptic JSON + PNG folder, for ground truth and prediction alike (what
   panopticapi's ``pq_compute`` takes).
@@ -24,24 +26,39 @@ from typing import Any
 import numpy as np
 
 from ..data.formats.json_fields import as_list, field, load_json
+from ..processing import decode_rle
+from ..tasks.base import Metric
+from ..tasks.registry import TASKS
 from .metrics.iou import MaskIoUMetric
 
 PathLike = str | Path
 
-SCORE_TASKS = ("panoptic", "semantic", "instance", "vgd", "referring", "reasoning", "interactive", "gcg")
+
+def score_names() -> tuple[str, ...]:
+    """What ``xsam score --task`` takes: every metric family, and every task scored by exactly one."""
+    tasks = [handler.name for handler in TASKS.values() if len(handler.metrics) == 1]
+    return tuple(dict.fromkeys([*(metric.value for metric in Metric), *tasks]))
+
+
+def score_metric(name: str) -> Metric:
+    """The metric family ``xsam score --task NAME`` scores with: a family name, or a task's only one.
+
+    Raises:
+        ValueError: neither (the valid names listed).
+    """
+    if name in {metric.value for metric in Metric}:
+        return Metric(name)
+    handler = TASKS.get(name)
+    if handler is not None and len(handler.metrics) == 1:
+        return handler.metrics[0]
+    raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(score_names())}")
 
 
 def _decode(rle: Any, where: str) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
-        raise ValueError(f"{where}: expected an RLE object with 'size' and 'counts'")
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        rle = mask_utils.frPyObjects(dict(rle), *rle["size"])
-    elif isinstance(counts, str):
-        rle = dict(rle, counts=counts.encode("ascii"))
-    return mask_utils.decode(rle).astype(bool)
+    try:
+        return decode_rle(rle)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def _by_id(path: PathLike, what: str) -> dict[Any, Mapping[str, Any]]:
@@ -84,28 +101,24 @@ def score_mask_iou_files(gt_json: PathLike, pred_json: PathLike) -> dict[str, fl
 
 
 def score_files(task: str, **files: Any) -> dict[str, float]:
-    """Dispatch ``xsam score --task``: ``files`` are the keyword arguments of the task's scorer.
+    """Dispatch ``xsam score --task``: ``files`` are the keyword arguments of the metric's scorer.
 
     Raises:
-        ValueError: unknown task (valid ones listed) or a missing argument (named).
+        ValueError: unknown task or metric (valid ones listed) or a missing argument (named).
     """
     from .metrics.coco_ap import score_instance_files
     from .metrics.gcg import score_gcg_files
     from .metrics.panoptic import score_panoptic_files, score_semantic_files
 
     scorers = {
-        "panoptic": (score_panoptic_files, ("gt_json", "gt_dir", "pred_json", "pred_dir"), ()),
-        "semantic": (score_semantic_files, ("gt_dir", "pred_dir"), ("num_classes",)),
-        "instance": (score_instance_files, ("gt_json", "pred_json"), ()),
-        "vgd": (score_instance_files, ("gt_json", "pred_json"), ()),
-        "referring": (score_mask_iou_files, ("gt_json", "pred_json"), ()),
-        "reasoning": (score_mask_iou_files, ("gt_json", "pred_json"), ()),
-        "interactive": (score_mask_iou_files, ("gt_json", "pred_json"), ()),
-        "gcg": (score_gcg_files, ("gt_json", "caption_gt_json", "pred_json"), ()),
+        Metric.PANOPTIC: (score_panoptic_files, ("gt_json", "gt_dir", "pred_json", "pred_dir"), ()),
+        Metric.SEMANTIC: (score_semantic_files, ("gt_dir", "pred_dir"), ("num_classes",)),
+        Metric.INSTANCE: (score_instance_files, ("gt_json", "pred_json"), ()),
+        Metric.VGD: (score_instance_files, ("gt_json", "pred_json"), ()),
+        Metric.MASK_IOU: (score_mask_iou_files, ("gt_json", "pred_json"), ()),
+        Metric.GCG: (score_gcg_files, ("gt_json", "caption_gt_json", "pred_json"), ()),
     }
-    if task not in scorers:
-        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(SCORE_TASKS)}")
-    scorer, required, optional = scorers[task]
+    scorer, required, optional = scorers[score_metric(task)]
     missing = [name for name in required if files.get(name) is None]
     if missing:
         flags = ", ".join("--" + name.replace("_", "-") for name in missing)

@@ -1,1 +1,2 @@
-"""Inference: the per-image caching predictor and visualisation. No task logic of its own."""
+"""Inference: the per-image caching predictor and overlays. The predictor dispatches every task
+through the task table and has no task logic of its own."""

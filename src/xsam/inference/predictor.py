@@ -5,11 +5,14 @@ features) and the language model's KV cache of the shared prefix ``[<s>, <|user|
 (1,755 positions at official size). A prompt then runs only its own few dozen tokens through the LLM,
 the mask decoder and post-processing; the cache is cropped back to the prefix afterwards, so prompts
 never see each other.
+
+The predictor has no task logic of its own: the task table (:mod:`xsam.tasks.registry`) checks each
+prompt, builds its conversation and turns the model's output into a
+:class:`~xsam.tasks.prediction.Prediction`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,39 +20,31 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from PIL import Image
+from transformers import Cache, PreTrainedTokenizerBase
 
-from ..data.transforms import (
-    box_mask,
-    load_image,
-    point_mask,
-    preprocess_masks,
-    preprocess_sam,
-    preprocess_siglip,
-    scribble_mask,
-)
+from ..modeling.pretrained import tokenizer_directory
 from ..modeling.xsam import ImageFeatures, SegmentationOutput, XSamModel
-from ..tasks import TASKS, Task, chat, gcg, generic, interactive, postprocess, reasoning, referring
-from ..tasks import visual_grounding as vgd
+from ..processing import Frame, load_image, preprocess_masks, preprocess_sam, preprocess_siglip
+from ..tasks.base import Prompt, TaskHandler, TaskRequest
 from ..tasks.conversation import Turn, encode_conversation
-from ..tasks.generic import CategorySpec, SegmentationKind, parse_category_prompt
-from .prediction import Prediction
+from ..tasks.generic import CategorySpec
+from ..tasks.prediction import Prediction
+from ..tasks.registry import task_handler
+from ..tasks.task import Task
+from ..tokens import load_tokenizer
 
 ImageLike = str | Path | Image.Image | np.ndarray
-END_TOKEN = "<|end|>"
 
 
 @dataclass
 class _ImageState:
     image: Image.Image
-    scaled_size: tuple[int, int]
+    frame: Frame
     features: ImageFeatures
-    cache: Any  # transformers Cache of the prefix, or None
+    cache: Cache | None  # the LLM's KV cache of the prefix
     prefix_ids: torch.Tensor
-
-    @property
-    def original_size(self) -> tuple[int, int]:
-        return self.image.height, self.image.width
 
 
 @dataclass
@@ -61,33 +56,26 @@ class PredictorStats:
     prompts: int = 0
 
 
-@dataclass
-class _Request:
-    turns: list[Turn]
-    labels: list[str]
-    region_masks: torch.Tensor | None = None  # (R, H, W) bool in the image frame
-    categories: CategorySpec | None = None
-
-
 class XSamPredictor:
     """Prompt an :class:`~xsam.modeling.xsam.XSamModel` many times per image.
 
     Args:
         model: the network (put it on its device and dtype first).
-        tokenizer: defaults to the one attached to the model, else the bundled Phi-3 tokenizer.
+        tokenizer: default: the tokenizer saved in the model's directory, else the bundled Phi-3 one.
         use_cache: reuse the LLM's KV cache of the image prefix (exact; disable only to compare).
         seed: seeds the region sampler for prompts larger than its point budget.
     """
 
     def __init__(
-        self, model: XSamModel, tokenizer: Any = None, *, use_cache: bool = True, seed: int = 0
+        self,
+        model: XSamModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        use_cache: bool = True,
+        seed: int = 0,
     ) -> None:
         if tokenizer is None:
-            tokenizer = model.tokenizer
-        if tokenizer is None:
-            from ..tokenizer import load_tokenizer
-
-            tokenizer = load_tokenizer(tokens=model.config.tokens)
+            tokenizer = load_tokenizer(tokenizer_directory(model.name_or_path), tokens=model.config.tokens)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.use_cache = use_cache
@@ -95,7 +83,6 @@ class XSamPredictor:
         self.stats = PredictorStats()
         self._state: _ImageState | None = None
         self._chat_history: list[Turn] = []
-        self._end_token_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
 
     # -------------------------------------------------------------------------------------- image
     @property
@@ -105,6 +92,11 @@ class XSamPredictor:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The current image as loaded (RGB), or None before :meth:`set_image`."""
+        return None if self._state is None else self._state.image
 
     @torch.inference_mode()
     def set_image(self, image: ImageLike) -> None:
@@ -129,7 +121,7 @@ class XSamPredictor:
             )
             cache = self.model.prefill(sequence)
             self.stats.prefills += 1
-        self._state = _ImageState(picture, tuple(sam.scaled_size), features, cache, prefix_ids)
+        self._state = _ImageState(picture, sam.frame, features, cache, prefix_ids)
         self._chat_history = []
 
     def reset_image(self) -> None:
@@ -143,11 +135,12 @@ class XSamPredictor:
 
     def _prefix_ids(self) -> torch.Tensor:
         """Token ids up to and including ``<image>``: identical for every prompt on an image."""
+        tokens = self.model.config.tokens
         ids = encode_conversation(
-            self.tokenizer, [Turn("<image>\nx", "x")], tokens=self.model.config.tokens
-        ).input_ids
-        image_position = int((ids == self.model.config.tokens.image_token_index).nonzero()[0])
-        return ids[: image_position + 1]
+            self.tokenizer, [Turn(f"{tokens.image_placeholder}\nx", "x")], tokens=tokens
+        )
+        image_position = int((ids.input_ids == tokens.image_token_index).nonzero()[0])
+        return ids.input_ids[: image_position + 1]
 
     def _require_image(self) -> _ImageState:
         if self._state is None:
@@ -162,10 +155,10 @@ class XSamPredictor:
         *,
         text: str | None = None,
         categories: str | Sequence[str] | CategorySpec | None = None,
-        points: Any = None,
-        boxes: Any = None,
-        scribbles: Sequence[Any] | None = None,
-        masks: Any = None,
+        points: ArrayLike | None = None,
+        boxes: ArrayLike | None = None,
+        scribbles: Sequence[ArrayLike] | None = None,
+        masks: ArrayLike | None = None,
         threshold: float | None = None,
         max_new_tokens: int = 512,
         is_sentence: bool | None = None,
@@ -174,7 +167,7 @@ class XSamPredictor:
         """Answer one prompt about the current image.
 
         Args:
-            task: a :class:`~xsam.tasks.Task` or its value (``"generic"``, ``"referring"``, ...).
+            task: a :class:`~xsam.tasks.task.Task` or its value (``"generic"``, ``"referring"``, ...).
             text: the expression (referring), query (reasoning) or message (chat).
             categories: generic / open-vocabulary classes: ``"ins: a, b; sem: c"`` (both -> panoptic,
                 only ``ins`` -> instance, only ``sem`` -> semantic), a list of names (instance), or a
@@ -196,20 +189,23 @@ class XSamPredictor:
         Visual prompts feed ``interactive`` (exactly one region) and ``vgd`` (one or more, in the
         order points, boxes, scribbles, masks).
         """
-        task = Task(task)
+        handler = task_handler(task)
         state = self._require_image()
-        if is_sentence is not None and task is not Task.REASONING:
-            raise ValueError(f"is_sentence= applies to reasoning only, not to '{task.value}'")
-        request = self._request(task, state, text, categories, points, boxes, scribbles, masks, is_sentence)
-        spec = TASKS[task]
+        prompt = Prompt(text, categories, points, boxes, scribbles, masks, is_sentence, closed_set)
+        request = handler.request(prompt, state.frame.original_size, self._chat_history)
         self.stats.prompts += 1
-        if closed_set:
-            segmentation = self._closed_set(task, state, request)
-            return self._postprocess(task, state, request, segmentation, threshold)
-        if spec.generates:
-            return self._generate(task, state, request, max_new_tokens)
-        segmentation = self._teacher_forced(task, state, request)
-        return self._postprocess(task, state, request, segmentation, threshold)
+        if handler.generates:
+            return self._generate(handler, state, request, max_new_tokens)
+        segmentation = (
+            self._closed_set(handler, state, request)
+            if closed_set
+            else self._teacher_forced(handler, state, request)
+        )
+        class_logits = segmentation.class_logits[-1, 0].float()
+        mask_logits = segmentation.mask_logits[-1, 0].float()
+        prediction = handler.postprocess(request, class_logits, mask_logits, state.frame, threshold)
+        prediction.logits = segmentation
+        return prediction
 
     def predict_many(
         self,
@@ -228,56 +224,10 @@ class XSamPredictor:
             results.append([self.predict(**request) for request in requests])
         return results
 
-    # ---------------------------------------------------------------------------------- requests
-    def _request(
-        self,
-        task: Task,
-        state: _ImageState,
-        text: str | None,
-        categories: Any,
-        points: Any,
-        boxes: Any,
-        scribbles: Any,
-        masks: Any,
-        is_sentence: bool | None = None,
-    ) -> _Request:
-        regions = _region_masks(state.original_size, points, boxes, scribbles, masks)
-        spec = TASKS[task]
-        if regions is not None and not spec.region_prompts:
-            raise ValueError(f"task '{task.value}' takes no visual prompts (points/boxes/scribbles/masks)")
-        if categories is not None and task not in (Task.GENERIC, Task.OPEN_VOCAB):
-            raise ValueError(f"task '{task.value}' takes no categories")
-        if text is not None and task not in (Task.REFERRING, Task.REASONING, Task.CHAT):
-            raise ValueError(f"task '{task.value}' takes no text")
-        if task in (Task.GENERIC, Task.OPEN_VOCAB):
-            spec_ = _category_spec(categories)
-            return _Request(generic.build_prompt(spec_.names), list(spec_.names), categories=spec_)
-        if task in (Task.REFERRING, Task.REASONING, Task.CHAT) and not (text and text.strip()):
-            raise ValueError(f"task '{task.value}' needs text=")
-        if task is Task.REFERRING:
-            return _Request(referring.build_prompt(text), [text])
-        if task is Task.REASONING:
-            sentence = _is_sentence(text) if is_sentence is None else is_sentence
-            return _Request(reasoning.build_prompt(text, is_sentence=sentence), [text])
-        if task is Task.GCG:
-            return _Request(gcg.build_prompt(), [])
-        if task is Task.CHAT:
-            return _Request(chat.build_prompt(text, history=self._chat_history), [])
-        if regions is None:
-            raise ValueError(
-                f"task '{task.value}' needs a visual prompt: points=, boxes=, scribbles= or masks="
-            )
-        if task is Task.INTERACTIVE:
-            if len(regions) != 1:
-                raise ValueError(
-                    f"interactive segmentation takes exactly one visual prompt, got {len(regions)}"
-                )
-            return _Request(interactive.build_prompt(), ["region 0"], region_masks=regions)
-        return _Request(
-            vgd.build_prompt(len(regions)), [f"region {i}" for i in range(len(regions))], region_masks=regions
-        )
-
-    def _encode(self, state: _ImageState, request: _Request) -> tuple[dict[str, torch.Tensor], list | None]:
+    # ------------------------------------------------------------------------------------ running
+    def _encode(
+        self, state: _ImageState, request: TaskRequest
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
         """Model inputs of a request: the part after the cached prefix (or all of it, uncached)."""
         encoded = encode_conversation(self.tokenizer, request.turns, tokens=self.model.config.tokens)
         start = 0
@@ -300,8 +250,9 @@ class XSamPredictor:
     def _generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed)
 
-    # ------------------------------------------------------------------------------------ running
-    def _teacher_forced(self, task: Task, state: _ImageState, request: _Request) -> SegmentationOutput:
+    def _teacher_forced(
+        self, handler: TaskHandler, state: _ImageState, request: TaskRequest
+    ) -> SegmentationOutput:
         inputs, regions = self._encode(state, request)
         prefix_length = None if state.cache is None else state.cache.get_seq_length()
         try:
@@ -309,7 +260,7 @@ class XSamPredictor:
                 **inputs,
                 image_features=state.features,
                 region_masks=regions,
-                decode_per_seg=TASKS[task].decode_per_seg,
+                decode_per_seg=handler.decode_per_seg,
                 generator=self._generator(),
                 past_key_values=state.cache,
             )
@@ -320,41 +271,34 @@ class XSamPredictor:
             raise RuntimeError("the prompt produced no <SEG> token")
         return out.segmentation
 
-    def _closed_set(self, task: Task, state: _ImageState, request: _Request) -> SegmentationOutput:
-        if task is not Task.GENERIC:
-            raise ValueError(f"closed_set=True applies to generic segmentation only, not to '{task.value}'")
-        head = self.model.closed_set_head
-        if head is None:
+    def _closed_set(
+        self, handler: TaskHandler, state: _ImageState, request: TaskRequest
+    ) -> SegmentationOutput:
+        """The stage-1 segmentor on the cached features, its head restricted to the request's classes."""
+        if self.model.closed_set_head is None:
             raise ValueError(
                 "closed_set=True needs a model with a closed-set head (a stage-1 seg_finetune model)"
-            )
-        num_classes = head.classifier.out_features - 1
-        given = len(request.labels)
-        instance = request.categories.kind is SegmentationKind.INSTANCE
-        if given != num_classes and not (instance and given < num_classes):
-            raise ValueError(
-                f"the closed-set head has {num_classes} classes but {given} categories were given; "
-                "list the head's classes in its order (instance segmentation: its first classes, the "
-                "things, as COCO panoptic orders them)"
             )
         features = state.features
         class_logits, mask_logits = self.model.decode_closed_set(
             features.multi_scale_features, features.mask_features
         )
-        if given < num_classes:  # instance: the head's first `given` classes, then "no object"
-            class_logits = torch.cat([class_logits[..., :given], class_logits[..., -1:]], dim=-1)
+        class_logits = handler.closed_set_logits(request, class_logits)
         return SegmentationOutput(class_logits=class_logits, mask_logits=mask_logits)
 
-    def _generate(self, task: Task, state: _ImageState, request: _Request, max_new_tokens: int) -> Prediction:
+    def _generate(
+        self, handler: TaskHandler, state: _ImageState, request: TaskRequest, max_new_tokens: int
+    ) -> Prediction:
         inputs, regions = self._encode(state, request)
         prefix_length = None if state.cache is None else state.cache.get_seq_length()
+        tokens = self.model.config.tokens
         try:
             result = self.model.generate(
                 inputs["input_ids"],
                 cond_ids=inputs["cond_ids"],
                 image_features=state.features,
                 region_masks=regions,
-                stop_token_ids=(self._end_token_id,),
+                stop_token_ids=(tokens.end_token_id,),
                 max_new_tokens=max_new_tokens,
                 generator=self._generator(),
                 past_key_values=state.cache,
@@ -362,192 +306,15 @@ class XSamPredictor:
         finally:
             if state.cache is not None:
                 self.model.truncate_cache(state.cache, prefix_length)
-        raw = self.tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=False)
-        raw = raw.split(END_TOKEN)[0].strip()
-        if task is Task.CHAT:
-            self._chat_history.append(Turn(request.turns[-1].question, raw))
-        phrases = _phrases(raw)
-        empty = torch.zeros(0, *state.original_size, dtype=torch.bool)
-        prediction = Prediction(task.value, empty, [], [], phrases=phrases, text=_caption(raw), raw_text=raw)
-        if result.segmentation is None or task is Task.CHAT:
-            return prediction
-        if result.segmentation.class_logits.shape[-1] < 2:  # a <SEG> but no <p>…</p>: nothing to ground
-            return prediction
-        sizes = self._sizes(state)
-        grounded = postprocess.grounded_conversation(
-            result.segmentation.class_logits[-1, 0], result.segmentation.mask_logits[-1, 0], **sizes
-        )
-        labels = (
-            phrases
-            if len(phrases) == len(grounded.masks)
-            else [f"phrase {i}" for i in range(len(grounded.masks))]
-        )
-        prediction.masks, prediction.labels = grounded.masks.cpu(), labels
-        prediction.scores = [float(s) for s in grounded.scores]
-        prediction.segmentation = grounded.label_map.cpu()
-        prediction.logits = result.segmentation
+        text = self.tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=False)
+        text = text.split(tokens.end_token)[0].strip()
+        if handler.keeps_history:
+            self._chat_history.append(Turn(request.turns[-1].question, text))
+        segmentation = result.segmentation
+        logits = None
+        if segmentation is not None and handler.segments:
+            logits = (segmentation.class_logits[-1, 0].float(), segmentation.mask_logits[-1, 0].float())
+        prediction = handler.interpret(request, text, logits, state.frame)
+        if len(prediction.masks):
+            prediction.logits = segmentation
         return prediction
-
-    def _sizes(self, state: _ImageState) -> dict[str, Any]:
-        return {
-            "scaled_size": state.scaled_size,
-            "original_size": state.original_size,
-            "canvas_size": self.model.config.segmentation_encoder.image_size,
-        }
-
-    # ---------------------------------------------------------------------------- post-processing
-    def _postprocess(
-        self,
-        task: Task,
-        state: _ImageState,
-        request: _Request,
-        segmentation: SegmentationOutput,
-        threshold: float | None,
-    ) -> Prediction:
-        spec = TASKS[task]
-        score_threshold = spec.demo_score_threshold if threshold is None else threshold
-        mask_threshold = (
-            spec.mask_threshold if threshold is None or spec.mask_threshold is None else threshold
-        )
-        class_logits = segmentation.class_logits[-1, 0].float()
-        mask_logits = segmentation.mask_logits[-1, 0].float()
-        sizes = self._sizes(state)
-        if task in (Task.GENERIC, Task.OPEN_VOCAB):
-            prediction = _generic_prediction(
-                task, request.categories, class_logits, mask_logits, sizes, score_threshold
-            )
-        elif task in (Task.REFERRING, Task.REASONING):
-            result = postprocess.referring(class_logits, mask_logits, **sizes, mask_threshold=mask_threshold)
-            prediction = Prediction(
-                task.value, result.mask[None].cpu(), request.labels, [float(result.score)]
-            )
-        elif task is Task.INTERACTIVE:
-            prompt = request.region_masks[0]
-            result = postprocess.interactive(
-                class_logits, mask_logits, **sizes, prompt_mask=prompt, threshold=score_threshold
-            )
-            prediction = Prediction(
-                task.value, result.mask[None].cpu(), request.labels, [float(result.score)]
-            )
-        else:
-            result = postprocess.visual_grounding(
-                class_logits, mask_logits, **sizes, threshold=score_threshold
-            )
-            labels = [request.labels[int(i)] for i in result.labels]
-            prediction = Prediction(task.value, result.masks.cpu(), labels, [float(s) for s in result.scores])
-        prediction.logits = segmentation
-        return prediction
-
-
-# ---------------------------------------------------------------------------------------- helpers
-def _category_spec(categories: Any) -> CategorySpec:
-    if categories is None:
-        raise ValueError("generic segmentation needs categories= ('ins: a, b; sem: c' or a list of names)")
-    if isinstance(categories, CategorySpec):
-        return categories
-    if isinstance(categories, str):
-        return parse_category_prompt(categories)
-    return CategorySpec.from_names(things=list(categories))
-
-
-def _is_sentence(query: str) -> bool:
-    """ReasonSeg marks full-sentence queries; a short noun phrase gets the short-question template."""
-    return query.rstrip().endswith(("?", ".", "!")) or len(query.split()) > 6
-
-
-def _generic_prediction(
-    task: Task,
-    categories: CategorySpec,
-    class_logits: torch.Tensor,
-    mask_logits: torch.Tensor,
-    sizes: dict[str, Any],
-    threshold: float,
-) -> Prediction:
-    names = list(categories.names)
-    if categories.kind is SegmentationKind.PANOPTIC:
-        result = postprocess.panoptic(
-            class_logits, mask_logits, **sizes, is_thing=list(categories.is_thing), threshold=threshold
-        )
-        first = {}
-        for segment in result.segments:  # stuff segments of one class share an id: keep one entry
-            first.setdefault(segment.id, segment)
-        ids = sorted(first)
-        masks = torch.stack([result.segmentation == i for i in ids]) if ids else _no_masks(sizes)
-        segments = [dict(first[i].as_official(), label=names[first[i].label_id]) for i in ids]
-        return Prediction(
-            task.value,
-            masks.cpu(),
-            [names[first[i].label_id] for i in ids],
-            [float(first[i].score) for i in ids],
-            segmentation=result.segmentation.cpu(),
-            segments=segments,
-        )
-    if categories.kind is SegmentationKind.INSTANCE:
-        result = postprocess.instance(class_logits, mask_logits, **sizes, threshold=threshold)
-        keep = result.masks.flatten(1).any(1)
-        return Prediction(
-            task.value,
-            result.masks[keep].cpu(),
-            [names[int(i)] for i in result.labels[keep]],
-            [float(s) for s in result.scores[keep]],
-        )
-    label_map = postprocess.semantic(class_logits, mask_logits, **sizes)
-    present = [int(i) for i in label_map.unique()]
-    masks = torch.stack([label_map == i for i in present]) if present else _no_masks(sizes)
-    # semantic segmentation has no per-segment score; 1.0 marks "assigned"
-    return Prediction(
-        task.value,
-        masks.cpu(),
-        [names[i] for i in present],
-        [1.0] * len(present),
-        segmentation=label_map.cpu(),
-    )
-
-
-def _no_masks(sizes: dict[str, Any]) -> torch.Tensor:
-    return torch.zeros(0, *sizes["original_size"], dtype=torch.bool)
-
-
-def _region_masks(
-    size_hw: tuple[int, int], points: Any, boxes: Any, scribbles: Any, masks: Any
-) -> torch.Tensor | None:
-    """All visual prompts as ``(R, H, W)`` bool masks in the image frame, or None without any."""
-    regions: list[np.ndarray] = []
-    if points is not None:
-        array = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        regions += [point_mask(point[None], size_hw) for point in array]
-    if boxes is not None:
-        array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        regions += [box_mask(box, size_hw) for box in array]
-    if scribbles is not None:
-        regions += [scribble_mask(np.asarray(line, dtype=np.float64), size_hw) for line in scribbles]
-    if masks is not None:
-        array = np.asarray(masks)
-        array = array[None] if array.ndim == 2 else array
-        if array.ndim != 3 or array.shape[1:] != tuple(size_hw):
-            raise ValueError(
-                f"masks must be (H, W) or (N, H, W) with (H, W) = {tuple(size_hw)}, got {array.shape}"
-            )
-        regions += [m.astype(bool) for m in array]
-    if not regions:
-        return None
-    stacked = torch.from_numpy(np.stack(regions))
-    empty = [i for i, region in enumerate(stacked) if not region.any()]
-    if empty:
-        raise ValueError(f"visual prompts {empty} cover no pixel of the image")
-    return stacked
-
-
-_TAG = re.compile(r"</?p>|<SEG>")
-
-
-def _phrases(raw: str) -> list[str]:
-    """Text between ``<p>`` and ``</p>`` of generated text, stripped."""
-    return [p.strip() for p in re.findall(r"<p>(.*?)</p>", raw, flags=re.S)]
-
-
-def _caption(raw: str) -> str:
-    """Generated text for display and metrics: sentences holding ``<SEG>`` dropped, tags removed."""
-    sentences = re.split(r"(?<=[.!?])\s+", raw)
-    kept = [s for s in sentences if "<SEG>" not in s]
-    return re.sub(r"\s+", " ", _TAG.sub("", " ".join(kept))).strip()

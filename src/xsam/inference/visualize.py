@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .prediction import Prediction
+from ..tasks.prediction import Prediction
 
 
 def palette(count: int) -> list[tuple[int, int, int]]:

@@ -10,7 +10,8 @@
 Importing this package does not import scipy; matching does, on first use.
 """
 
-from .criterion import CriterionOutput, SegmentationCriterion, SegmentationTarget, count_target_masks
+from ..processing import SegmentationTarget
+from .criterion import CriterionOutput, SegmentationCriterion, count_target_masks
 from .matcher import hungarian_match
 from .point_sampling import (
     RandomSource,

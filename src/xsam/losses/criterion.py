@@ -29,41 +29,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..processing import SegmentationTarget
 from .matcher import hungarian_match
 from .point_sampling import RandomSource, TorchRandom, ignored_at, point_sample, uncertain_points
 
 Match = tuple[Tensor, Tensor]
 """``(query_idx, target_idx)`` int64 tensors of one decoder sample, sorted by query."""
-
-
-class SegmentationTarget(NamedTuple):
-    """Ground truth of one decoder sample.
-
-    Attributes:
-        labels: ``(T,)`` int64 indices into the sample's ``C + 1`` class columns, or None for
-            label-free targets (then class logits must have one column, see ``class_loss``).
-        masks: ``(T, H, W)`` binary masks (bool / integer / float), padded to the model input
-            (1024² in X-SAM); every sample of a batch must use the same ``(H, W)``.
-        ignore_masks: optional ``(T, H, W)`` bool, True where a point must not count.
-    """
-
-    labels: Tensor | None
-    masks: Tensor
-    ignore_masks: Tensor | None = None
-
-    @classmethod
-    def from_ignore_value(
-        cls, labels: Tensor | None, masks: Tensor, *, ignore_value: int = 255
-    ) -> SegmentationTarget:
-        """Split integer masks holding ``0`` / ``1`` / ``ignore_value`` into masks and ignore masks."""
-        ignore = masks == ignore_value
-        return cls(labels, masks == 1, ignore if bool(ignore.any()) else None)
 
 
 TargetLike = SegmentationTarget | tuple[Tensor | None, ...]

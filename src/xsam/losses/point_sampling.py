@@ -33,7 +33,9 @@ class TorchRandom:
         device: where to draw when no generator is given (default CPU).
     """
 
-    def __init__(self, generator: torch.Generator | None = None, *, device: torch.device | str | None = None):
+    def __init__(
+        self, generator: torch.Generator | None = None, *, device: torch.device | str | None = None
+    ) -> None:
         self.generator = generator
         self.device = generator.device if generator is not None else torch.device(device or "cpu")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100
+from ..tokens import IGNORE_INDEX
 
 
 @dataclass
@@ -149,26 +149,3 @@ def gather_seg_embeddings(projected: torch.Tensor, seg_ids: torch.Tensor) -> tor
     positions = (seg_ids >= 0).nonzero().flatten()
     order = seg_ids[positions].argsort()
     return projected[positions[order]]
-
-
-def phrase_ids(token_ids: torch.Tensor, start_id: int, end_id: int) -> torch.Tensor:
-    """Phrase index for every token from ``<p>`` through ``</p>`` (inclusive), -1 elsewhere: ``(T,)``.
-
-    An unclosed ``<p>`` (e.g. generation stopped early) does not form a phrase.
-    """
-    cond = torch.full_like(token_ids, -1)
-    phrase, start = 0, None
-    for position, token in enumerate(token_ids.tolist()):
-        if token == start_id:
-            start = position
-        elif token == end_id and start is not None:
-            cond[start : position + 1] = phrase
-            phrase, start = phrase + 1, None
-    return cond
-
-
-def seg_token_ids(token_ids: torch.Tensor, seg_id: int) -> torch.Tensor:
-    """``0, 1, 2, …`` at ``<SEG>`` tokens, -1 elsewhere: ``(T,)``."""
-    flags = token_ids == seg_id
-    index = torch.cumsum(flags.long(), 0) - 1
-    return torch.where(flags, index, torch.full_like(index, -1))

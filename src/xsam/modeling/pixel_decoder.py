@@ -1,8 +1,8 @@
 """Mask2Former pixel decoder: a multi-scale deformable-attention encoder plus one FPN stage.
 
 X-SAM feeds it the seg connector's three maps (strides 8, 16, 32 of the 1024 canvas) and reads back
-``mask_features`` (stride 8) and the three refined maps used by the mask decoder's masked attention
-(REFERENCE §1.6). The numerics follow transformers' ``Mask2FormerPixelDecoder`` exactly, so that the
+``mask_features`` (stride 8) and the three refined maps used by the mask decoder's masked attention.
+The numerics follow transformers' ``Mask2FormerPixelDecoder`` exactly, so that the
 official weights load and produce the same outputs; the only departures are structural (our own
 module names for the FPN stage, see ``PixelDecoder``).
 

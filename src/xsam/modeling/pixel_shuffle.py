@@ -1,6 +1,6 @@
 """Pixel shuffle with the exact channel orderings of the official X-SAM checkpoint.
 
-Two directions are used, and they are *not* inverses of each other (REFERENCE §1.3):
+Two directions are used, and they are *not* inverses of each other:
 
 * downsample by ``r`` (factor ``1/r``, space-to-depth), channels-last ``(B, H, W, C)`` ->
   ``(B, H/r, W/r, r²C)`` with ``out[b, i, j, d·rC + a·C + c] = x[b, r·i + d, r·j + a, c]``: the row offset

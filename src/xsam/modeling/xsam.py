@@ -1,6 +1,6 @@
 """X-SAM: one multimodal LLM whose ``<SEG>`` and phrase states drive a Mask2Former-style segmentor.
 
-Data flow of one image (REFERENCE §1.1)::
+Data flow of one image::
 
     image ─ SigLIP ─ image_projector ───────────────┐
           └ SAM ViT ┬ seg_projector ─────────────────┼─> [image tokens] ┐
@@ -9,148 +9,51 @@ Data flow of one image (REFERENCE §1.1)::
                                                  │   conditions (<p>…</p> means), <SEG> states ─┘
                                                  └─> mask_decoder(+<SEG>) ─ class_head(conditions)
 
-The model takes tensors and returns dataclasses of tensors; prompts, preprocessing and
-post-processing live outside it.
+This module is the composition and its forward; the outputs (:mod:`.outputs`), greedy generation
+(:mod:`.generation`) and pretrained I/O (:mod:`.pretrained`) live beside it. The model takes tensors
+and returns dataclasses of tensors; prompts, tokenizer, preprocessing and post-processing live
+outside it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import init_empty_weights
 from torch import nn
-from transformers import Cache, DynamicCache
+from transformers import Cache
 
 from ..config import XSamConfig
+from ..tokens import IGNORE_INDEX
+from . import generation, pretrained
 from .class_head import ClosedSetClassHead, OpenVocabularyClassHead
 from .connector import SegmentationConnector
 from .image_encoder import ImageEncoder
 from .language_model import build_language_model
 from .mask_decoder import MaskDecoder
 from .multimodal import (
-    IGNORE_INDEX,
     MultimodalSequence,
     gather_condition_embeddings,
     gather_seg_embeddings,
-    phrase_ids,
-    seg_token_ids,
     splice_multimodal,
 )
+from .outputs import ImageFeatures, SegmentationOutput, XSamGeneration, XSamOutput
 from .pixel_decoder import PixelDecoder
 from .projector import MLPProjector
 from .region_sampler import sample_region_features
 from .segmentation_encoder import SegmentationEncoder
-from .serialization import (
-    CONFIG_NAME,
-    DEFAULT_MAX_SHARD_BYTES,
-    assign_state,
-    check_keys,
-    iter_tensors,
-    tied_aliases,
-    weight_files,
-    write_directory,
-)
+from .serialization import DEFAULT_MAX_SHARD_BYTES
 
-FORMAT_KEY = "xsam_format"
-FORMAT_VERSION = 1
-DEFAULT_MODEL = "default"
-"""The name that :meth:`XSamModel.from_pretrained` resolves to the bundled default model."""
-
-
-def bundled_model_directory() -> Path:
-    """The folder of the default model shipped inside the package (``xsam/assets/default-model``)."""
-    return Path(__file__).resolve().parents[1] / "assets" / "default-model"
-
-
-def resolve_model_directory(name_or_path: str | Path) -> Path:
-    """``"default"`` (unless a folder of that name exists here) is the bundled model; anything else
-    is a path.
-
-    Raises:
-        FileNotFoundError: ``"default"`` was asked for but this installation lacks the bundled model.
-    """
-    path = Path(name_or_path)
-    if str(name_or_path) != DEFAULT_MODEL or path.exists():
-        return path
-    bundled = bundled_model_directory()
-    if not (bundled / CONFIG_NAME).is_file():
-        raise FileNotFoundError(
-            f"the bundled default model is missing from this installation ({bundled}); "
-            "reproduce it with scripts/train_default_model.sh"
-        )
-    return bundled
-
-
-@dataclass
-class ImageFeatures:
-    """Everything X-SAM computes from the image alone (what a predictor caches per image).
-
-    ``llm_tokens`` ``(B, N, H)``: SigLIP tokens then SAM tokens, in LLM space. ``seg_token_map``
-    ``(B, h, w, H)``: the SAM tokens as a map, sampled by visual prompts. ``mask_features``
-    ``(B, D, H/8, W/8)`` and ``multi_scale_features`` (coarse -> fine, ``(B, D, h_l, w_l)``) feed the
-    mask decoder.
-    """
-
-    llm_tokens: torch.Tensor
-    seg_token_map: torch.Tensor
-    mask_features: torch.Tensor
-    multi_scale_features: list[torch.Tensor]
-
-
-@dataclass
-class SegmentationOutput:
-    """Decoder results for ``N`` decoder samples over ``P = num_layers + 1`` prediction stages.
-
-    ``class_logits`` ``(P, N, Q, C + 1)`` (last column = background), ``mask_logits``
-    ``(P, N, Q, H/8, W/8)``, ``condition_embeddings`` ``(N, C, D)`` with ``condition_mask`` ``(N, C)``,
-    ``seg_embeddings`` ``(N, D)``, ``image_index`` ``(N,)``: the image each decoder sample looks at.
-    The closed-set segmentor (:meth:`XSamModel.decode_closed_set`) has no conditions nor ``<SEG>``:
-    its outputs leave the last four None.
-    """
-
-    class_logits: torch.Tensor
-    mask_logits: torch.Tensor
-    condition_embeddings: torch.Tensor | None = None
-    condition_mask: torch.Tensor | None = None
-    seg_embeddings: torch.Tensor | None = None
-    image_index: torch.Tensor | None = None
-
-
-@dataclass
-class XSamOutput:
-    """Teacher-forced forward. ``logits`` ``(B, L, V)`` and ``hidden_states`` ``(B, L, H)`` (last layer,
-    after the final norm) are over the spliced sequence ``sequence``; ``projected`` ``(B, L, D)`` is the
-    llm_projector output. ``segmentation`` is None when the batch holds no ``<SEG>`` (chat).
-
-    With ``labelled_logits_only``, ``logits`` is ``(N, V)`` instead: only the ``N`` positions whose next
-    token is supervised (``sequence.labels[:, 1:] != -100``), in row-major order."""
-
-    logits: torch.Tensor
-    hidden_states: torch.Tensor
-    projected: torch.Tensor
-    sequence: MultimodalSequence
-    segmentation: SegmentationOutput | None
-
-
-@dataclass
-class XSamGeneration:
-    """Greedy generation of one sample: ``token_ids`` ``(T,)`` generated ids (stop token included),
-    ``segmentation`` from the conditions/SEGs found in the prompt or the generated text."""
-
-    token_ids: torch.Tensor
-    segmentation: SegmentationOutput | None
+__all__ = ["ImageFeatures", "SegmentationOutput", "XSamGeneration", "XSamModel", "XSamOutput"]
 
 
 class XSamModel(nn.Module):
     """The X-SAM network built from an :class:`~xsam.config.XSamConfig` (random weights).
 
-    Use :func:`xsam.from_pretrained` / :meth:`from_pretrained` to load weights. ``tokenizer`` is an
-    optional attached tokenizer, saved with the model.
+    Use :meth:`from_pretrained` to load weights; ``name_or_path`` then records the directory (where
+    the predictor looks for a tokenizer).
     """
 
     def __init__(self, config: XSamConfig) -> None:
@@ -183,20 +86,15 @@ class XSamModel(nn.Module):
         self.closed_set_head = ClosedSetClassHead(config.mask_decoder) if has_closed_set else None
         self.language_model = build_language_model(config.language_model, attn_implementation=attn)
         self.llm_projector = MLPProjector(llm_hidden, decoder_dim, depth=config.projector_depth)
-        self.tokenizer = None
+        self.name_or_path: str | None = None
 
     # -------------------------------------------------------------------------------- save / load
     def save_pretrained(
         self, directory: str | Path, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     ) -> None:
-        """Write ``config.json``, ``model.safetensors`` (sharded above ``max_shard_bytes``) and the
-        attached tokenizer, if any. Tied duplicates are stored once."""
-        aliases = tied_aliases(self)
-        state = {k: v for k, v in self.state_dict().items() if k not in aliases}
-        config = {FORMAT_KEY: FORMAT_VERSION, **self.config.to_dict()}
-        tokenizer = self.tokenizer
-        writer = None if tokenizer is None else (lambda folder: tokenizer.save_pretrained(str(folder)))
-        write_directory(directory, state, config, max_shard_bytes=max_shard_bytes, extra_writer=writer)
+        """Write ``config.json`` and ``model.safetensors`` (sharded above ``max_shard_bytes``); tied
+        duplicates are stored once. See :mod:`xsam.modeling.pretrained`."""
+        pretrained.save_pretrained(self, directory, max_shard_bytes=max_shard_bytes)
 
     @classmethod
     def from_pretrained(
@@ -215,41 +113,11 @@ class XSamModel(nn.Module):
         holds one copy. ``dtype`` casts floating weights (default: as stored). Missing keys raise unless
         ``allow_missing`` (e.g. a converted stage-1 or stage-2 checkpoint used to initialise training:
         the absent modules keep their random initialisation); unexpected keys raise unless
-        ``strict=False``. The tokenizer is attached when present.
+        ``strict=False``.
         """
-        if dtype is None and str(directory) == DEFAULT_MODEL:
-            dtype = torch.float32  # 16-bit storage only keeps the package small
-        directory = resolve_model_directory(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path} not found: not an xsam-torch model directory")
-        data = json.loads(config_path.read_text())
-        if data.pop(FORMAT_KEY, None) != FORMAT_VERSION:
-            raise ValueError(f"{config_path} is not an xsam-torch config (format {FORMAT_VERSION} expected)")
-        config = XSamConfig.from_dict(data)
-        if allow_missing:
-            model = cls(config)
-        else:
-            with init_empty_weights(include_buffers=False):
-                model = cls(config)
-        aliases = tied_aliases(model)
-        expected = set(model.state_dict()) - set(aliases)
-        state = dict(iter_tensors(weight_files(directory), dtype=dtype, device=device))
-        present = expected if not allow_missing else expected & set(state)
-        check_keys(present, set(state), strict=strict, source=str(directory))
-        state = {k: v for k, v in state.items() if k in expected}
-        if allow_missing:
-            model.load_state_dict(state, strict=False)
-        else:
-            assign_state(model, state, aliases)
-        model.to(device)
-        if allow_missing and dtype is not None:
-            model.to(dtype)
-        if (directory / "tokenizer_config.json").is_file():
-            from ..tokenizer import load_tokenizer
-
-            model.tokenizer = load_tokenizer(directory, tokens=config.tokens)
-        return model.eval()
+        return pretrained.from_pretrained(
+            cls, directory, dtype=dtype, device=device, strict=strict, allow_missing=allow_missing
+        )
 
     # ------------------------------------------------------------------------------------ image side
     def encode_image(self, pixel_values: torch.Tensor, sam_pixel_values: torch.Tensor) -> ImageFeatures:
@@ -371,7 +239,7 @@ class XSamModel(nn.Module):
             region_index=self.config.tokens.region_token_index,
         )
 
-    def _run_language_model(self, sequence: MultimodalSequence, past_key_values: Cache | None) -> Any:
+    def run_language_model(self, sequence: MultimodalSequence, past_key_values: Cache | None) -> Any:
         """The LLM's base model on spliced embeddings; last-layer states are after the final norm.
 
         A batch without padding gets no attention mask, as in the official evaluation (plain causal
@@ -387,20 +255,14 @@ class XSamModel(nn.Module):
             use_cache=past_key_values is not None,
         )
 
-    @torch.no_grad()
     def prefill(self, sequence: MultimodalSequence) -> Cache:
-        """Run the LLM over a prefix and return its KV cache (for prompts that share the prefix)."""
-        # a plain (non-sliding) cache so that it can always be cropped back to the prefix
-        cache = DynamicCache()
-        self._run_language_model(sequence, cache)
-        return cache
+        """The LLM's KV cache of a prefix (see :func:`xsam.modeling.generation.prefill`)."""
+        return generation.prefill(self, sequence)
 
     @staticmethod
     def truncate_cache(cache: Cache, length: int) -> None:
         """Drop everything after the first ``length`` positions of ``cache`` (in place)."""
-        excess = cache.get_seq_length() - length
-        if excess > 0:
-            cache.crop(-excess)
+        generation.truncate_cache(cache, length)
 
     def forward(
         self,
@@ -453,7 +315,7 @@ class XSamModel(nn.Module):
             labels=labels,
             generator=generator,
         )
-        hidden = self._run_language_model(sequence, past_key_values).last_hidden_state
+        hidden = self.run_language_model(sequence, past_key_values).last_hidden_state
         head = self.language_model.get_output_embeddings()
         if labelled_logits_only:
             logits = head(hidden[:, :-1][sequence.labels[:, 1:] != IGNORE_INDEX])
@@ -462,19 +324,23 @@ class XSamModel(nn.Module):
         projected = self.llm_projector(hidden)
         segmentation = None
         if image_features is not None and bool((sequence.seg_ids >= 0).any()):
-            segmentation = self._segment_from_states(
-                image_features, projected, sequence.cond_ids, sequence.seg_ids, decode_per_seg
+            segmentation = self.segment_from_states(
+                image_features, projected, sequence.cond_ids, sequence.seg_ids, decode_per_seg=decode_per_seg
             )
         return XSamOutput(logits, hidden, projected, sequence, segmentation)
 
-    def _segment_from_states(
+    def segment_from_states(
         self,
         features: ImageFeatures,
         projected: torch.Tensor,
         cond_ids: torch.Tensor,
         seg_ids: torch.Tensor,
+        *,
         decode_per_seg: bool,
     ) -> SegmentationOutput:
+        """Decode masks from projected LLM states ``(B, L, D)``: conditions are the means over the
+        ``cond_ids`` spans, ``<SEG>`` states the rows at ``seg_ids`` (see :meth:`forward` for the two
+        layouts)."""
         conditions = [gather_condition_embeddings(p, c) for p, c in zip(projected, cond_ids, strict=True)]
         segs = [gather_seg_embeddings(p, s) for p, s in zip(projected, seg_ids, strict=True)]
         if decode_per_seg:
@@ -498,7 +364,6 @@ class XSamModel(nn.Module):
         )
 
     # ------------------------------------------------------------------------------------ generation
-    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -508,82 +373,25 @@ class XSamModel(nn.Module):
         sam_pixel_values: torch.Tensor | None = None,
         image_features: ImageFeatures | None = None,
         region_masks: Sequence[torch.Tensor | None] | None = None,
-        stop_token_ids: Sequence[int] = (32007,),
+        stop_token_ids: Sequence[int] | None = None,
         max_new_tokens: int = 512,
         generator: torch.Generator | None = None,
         past_key_values: Cache | None = None,
     ) -> XSamGeneration:
-        """Greedy generation for one sample (``input_ids`` ``(1, T)``), collecting last-layer states.
-
-        Conditions come from the generated ``<p>…</p>`` spans when there are any (GCG), otherwise from
-        the prompt's; ``<SEG>`` positions are searched in the generated tokens only. The layout has
-        one ``<SEG>`` per sample; if the model generates several (an untrained or degenerate answer),
-        the last one decodes, the one that has read every generated phrase.
-        """
-        if input_ids.shape[0] != 1:
-            raise ValueError("generate() handles one sample at a time")
+        """Greedy generation for one sample (see :func:`xsam.modeling.generation.generate`); stops at
+        ``stop_token_ids`` (default: the config's end token)."""
         if image_features is None and pixel_values is not None:
             image_features = self.encode_image(pixel_values, sam_pixel_values)
-        sequence = self.prepare_sequence(
+        if stop_token_ids is None:
+            stop_token_ids = (self.config.tokens.end_token_id,)
+        return generation.generate(
+            self,
             input_ids,
             cond_ids=cond_ids,
-            seg_ids=torch.full_like(input_ids, -1),
             image_features=image_features,
             region_masks=region_masks,
+            stop_token_ids=stop_token_ids,
+            max_new_tokens=max_new_tokens,
             generator=generator,
+            past_key_values=past_key_values,
         )
-        prompt_states, generated, states = self._greedy_decode(
-            sequence, stop_token_ids, max_new_tokens, past_key_values
-        )
-        segmentation = None
-        tokens = self.config.tokens
-        gen_seg_ids = seg_token_ids(generated, tokens.seg_token_id)
-        if image_features is not None and bool((gen_seg_ids >= 0).any()):
-            gen_seg_ids = torch.where(gen_seg_ids == gen_seg_ids.max(), 0, -1)
-            gen_cond_ids = phrase_ids(generated, tokens.phrase_start_token_id, tokens.phrase_end_token_id)
-            all_states = torch.cat([prompt_states, states])
-            projected = self.llm_projector(all_states).unsqueeze(0)
-            prompt_conds = sequence.cond_ids[0]
-            if bool((gen_cond_ids >= 0).any()):
-                prompt_conds = torch.full_like(prompt_conds, -1)
-            else:
-                gen_cond_ids = torch.full_like(gen_cond_ids, -1)
-            cond = torch.cat([prompt_conds, gen_cond_ids]).unsqueeze(0)
-            seg = torch.cat([torch.full_like(prompt_conds, -1), gen_seg_ids]).unsqueeze(0)
-            segmentation = self._segment_from_states(image_features, projected, cond, seg, False)
-        return XSamGeneration(token_ids=generated, segmentation=segmentation)
-
-    def _greedy_decode(
-        self,
-        sequence: MultimodalSequence,
-        stop_token_ids: Sequence[int],
-        max_new_tokens: int,
-        past_key_values: Cache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prefill ``sequence`` and decode greedily.
-
-        Returns the prompt's last-layer states ``(L, H)``, the generated ids ``(T,)`` and the state of
-        each generated token ``(T, H)``: token ``k`` is read when it is fed back (position ``L + k``), so
-        the final (stop) token gets one too.
-        """
-        base = self.language_model.base_model
-        head = self.language_model.get_output_embeddings()
-        embed = self.language_model.get_input_embeddings()
-        cache = past_key_values if past_key_values is not None else DynamicCache()
-        out = self._run_language_model(sequence, cache)
-        prompt_states = out.last_hidden_state[0]
-        next_logits = head(out.last_hidden_state[:, -1])
-        ids, states = [], []
-        for _ in range(max_new_tokens):
-            token = next_logits.argmax(-1)
-            ids.append(token)
-            out = base(
-                inputs_embeds=embed(token).unsqueeze(1), past_key_values=out.past_key_values, use_cache=True
-            )
-            states.append(out.last_hidden_state[0, -1])
-            if int(token) in stop_token_ids:
-                break
-            next_logits = head(out.last_hidden_state[:, -1])
-        if not ids:
-            return prompt_states, torch.zeros(0, dtype=torch.long), prompt_states[:0]
-        return prompt_states, torch.cat(ids), torch.stack(states)

@@ -1,17 +1,28 @@
-"""Image conversation (LLaVA-style chat) prompts: no templates, no segmentation, language loss only.
+"""Image conversation (LLaVA-style chat): no templates, no segmentation, language loss only.
 
 LLaVA data stores ``conversations`` as ``[{"from": "human" | "gpt", "value": ...}, ...]`` with an
 ``<image>`` placeholder somewhere in a human message. The official mapping (reproduced here) moves
 it to the start of that message as ``<image>\\n`` and pairs every run of human messages with the
-next gpt message; leading gpt messages are skipped. Text-only samples keep no placeholder.
+next gpt message; leading gpt messages are skipped. Text-only samples keep no placeholder. At
+inference the predictor keeps the conversation per image (:attr:`ChatHandler.keeps_history`).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 
+import torch
+
+from ..processing import Frame
+from ..tokens import IMAGE
+from .base import Draft, DraftOptions, Prompt, TaskHandler, TaskRequest
 from .conversation import Turn
-from .templates import IMAGE, place_image
+from .gcg import text_prediction
+from .prediction import Prediction
+from .records import Record
+from .referring import required_text
+from .templates import place_image
 
 _ROLES = ("human", "gpt")
 
@@ -52,3 +63,41 @@ def build_prompt(question: str, *, history: Sequence[Turn] = (), image: bool = T
     if not history and image:
         question = place_image(question)
     return [*history, Turn(question)]
+
+
+class ChatHandler(TaskHandler):
+    """Image chat: a message in, the model's answer out; earlier turns come from the history."""
+
+    name = "chat"
+    official_name = "imgconv"
+    accepts = frozenset({"text"})
+    generates = True
+    segments = False
+    keeps_history = True
+
+    def build_request(
+        self, prompt: Prompt, image_size: tuple[int, int], history: Sequence[Turn]
+    ) -> TaskRequest:
+        return TaskRequest(self.name, build_prompt(required_text(prompt, self.name), history=history), [])
+
+    def interpret(
+        self, request: TaskRequest, text: str, logits: tuple[torch.Tensor, torch.Tensor] | None, frame: Frame
+    ) -> Prediction:
+        return text_prediction(self.name, text, frame)
+
+    def draft(self, record: Record, rng: random.Random, *, train: bool, options: DraftOptions) -> Draft:
+        """LLaVA turns; a trailing unanswered question is dropped in training (as officially)."""
+        turns = from_llava(record.conversations)
+        if train and turns and turns[-1].answer is None:
+            turns = turns[:-1]
+        if not turns:
+            raise ValueError(f"chat record {record.image_id!r} has no answered turn")
+        has_placeholder = any(IMAGE in turn.question for turn in turns)
+        if record.image_path is None and has_placeholder:
+            raise ValueError(f"chat record {record.image_id!r} has an <image> placeholder but no image")
+        if record.image_path is not None and not has_placeholder:
+            turns[0].question = place_image(turns[0].question)
+        return Draft(turns)
+
+
+CHAT = ChatHandler()

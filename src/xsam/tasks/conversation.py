@@ -1,4 +1,4 @@
-"""Turn a conversation into model inputs: Phi-3 chat template, sentinels, labels, cond/seg ids.
+"""Conversations as model inputs and generated text as results: the Phi-3 chat template.
 
 The layout follows the official data path (xtuner ``phi3_chat`` template + its encode function):
 
@@ -8,6 +8,9 @@ The layout follows the official data path (xtuner ``phi3_chat`` template + its e
 * every text chunk is tokenised on its own (the question, the answer, the separator, and the pieces
   between ``<image>`` / ``<region>`` placeholders), each getting the SentencePiece prefix ``▁``;
 * ``cond_ids`` number the ``<p> … </p>`` spans (both tags included), ``seg_ids`` the ``<SEG>`` tokens.
+
+Generated answers go the other way: :func:`generated_phrases` reads the grounded phrases and
+:func:`readable_text` drops X-SAM's tags.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..config import TokenConfig
-from ..modeling.multimodal import phrase_ids, seg_token_ids
+from ..tokens import IGNORE_INDEX, phrase_ids, seg_token_ids
 
-IGNORE_INDEX = -100
 USER_TEMPLATE = "<|user|>\n{question}<|end|>\n<|assistant|>\n"
 ANSWER_SUFFIX = "<|end|>"
 SEPARATOR = "\n"
@@ -92,3 +94,18 @@ def encode_conversation(
         cond_ids=phrase_ids(input_ids, tokens.phrase_start_token_id, tokens.phrase_end_token_id),
         seg_ids=seg_token_ids(input_ids, tokens.seg_token_id),
     )
+
+
+_TAG = re.compile(r"</?p>|<SEG>")
+
+
+def generated_phrases(text: str) -> list[str]:
+    """Text between ``<p>`` and ``</p>`` of a generated answer, stripped, in order."""
+    return [phrase.strip() for phrase in re.findall(r"<p>(.*?)</p>", text, flags=re.S)]
+
+
+def readable_text(text: str) -> str:
+    """A generated answer for display and metrics: sentences holding ``<SEG>`` dropped, tags removed."""
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    kept = [sentence for sentence in sentences if "<SEG>" not in sentence]
+    return re.sub(r"\s+", " ", _TAG.sub("", " ".join(kept))).strip()

@@ -1,30 +1,67 @@
-"""Reasoning segmentation prompts (LISA ReasonSeg).
+"""Reasoning segmentation (LISA ReasonSeg).
 
 The whole query is one condition phrase ``<p>{query}</p>`` (stripped, case kept). A full-sentence
 query (``is_sentence``, ReasonSeg's "long" split) is followed by an instruction
-(:data:`~xsam.tasks.templates.REASONING_LONG_QUESTIONS`); a short noun phrase is embedded in a
-question (:data:`~xsam.tasks.templates.REASONING_SHORT_QUESTIONS`). With an explanation (LISA's
+(:data:`LONG_QUESTIONS`); a short noun phrase is embedded in a
+question (:data:`SHORT_QUESTIONS`). With an explanation (LISA's
 explanatory training subset) the question asks for it and the answer reads
-``"{explanation} {answer}"``. Mask selection is the referring one (one ``<SEG>`` per turn).
+``"{explanation} {answer}"``. Mask selection, targets and scoring are the referring ones (one
+``<SEG>`` per turn); the evaluation leaves ReasonSeg's "ignore" polygons out of both masks.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from ..tokens import IMAGE, SEG
+from . import referring
+from .base import Draft, DraftOptions, EvalSample, MaskTruth, Metric, Prompt, TaskRequest
 from .conversation import Turn
-from .templates import (
-    REASONING_ANSWERS,
-    REASONING_EXPLANATORY_ANSWERS,
-    REASONING_EXPLANATORY_QUESTIONS,
-    REASONING_LONG_QUESTIONS,
-    REASONING_SHORT_QUESTIONS,
-    TemplateChoice,
-    TemplateList,
-    per_turn,
-    place_image,
-    wrap_phrase,
+from .records import Record
+from .templates import TemplateChoice, TemplateList, per_turn, place_image, wrap_phrase
+
+LONG_QUESTIONS = TemplateList(
+    "reasoning long questions",
+    (
+        "{query} Please output the corresponding segmentation mask.",
+        "{query} Please generate a segmentation mask for this image.",
+        "{query} Please extract the segmentation mask.",
+        "{query} Please return the segmentation predictions as masks.",
+        "{query} Please segment the image.",
+    ),
+    official_size=5,
+)
+
+SHORT_QUESTIONS = TemplateList(
+    "reasoning short questions",
+    ("Can you segment {query} in this image? Please output the segmentation mask.",),
+    official_size=5,
+)
+
+EXPLANATORY_QUESTIONS = TemplateList(
+    "reasoning explanatory questions",
+    ("{query} Please explain why and output the corresponding segmentation mask.",),
+    official_size=5,
+)
+
+# No separate plain-answer list is known for reasoning; the referring answers are used (the reaseg
+# fixture's "It is <SEG>." is among them).
+ANSWERS = TemplateList("reasoning answers", referring.ANSWERS.templates, official_size=5)
+
+# Appended to the explanation with one space: "{explanation} {answer}".
+EXPLANATORY_ANSWERS = TemplateList(
+    "reasoning explanatory answers",
+    (
+        f"{SEG}.",
+        f"It is {SEG}.",
+        f"And {SEG}.",
+        f"And it is {SEG}.",
+        f"And the segmentation mask is {SEG}.",
+    ),
+    official_size=5,
 )
 
 EXPLANATION_PROBABILITY = 0.5
@@ -34,8 +71,8 @@ EXPLANATION_PROBABILITY = 0.5
 def question_templates(*, is_sentence: bool, explanatory: bool) -> TemplateList:
     """The question list a turn draws from: explanatory, else long (sentence) or short (phrase)."""
     if explanatory:
-        return REASONING_EXPLANATORY_QUESTIONS
-    return REASONING_LONG_QUESTIONS if is_sentence else REASONING_SHORT_QUESTIONS
+        return EXPLANATORY_QUESTIONS
+    return LONG_QUESTIONS if is_sentence else SHORT_QUESTIONS
 
 
 def build_turn(
@@ -49,9 +86,9 @@ def build_turn(
     """One (question, answer) turn, without the image placeholder.
 
     With ``explanation`` the question comes from the explanatory list (``is_sentence`` is then
-    irrelevant) and the answer is ``explanation + " " + REASONING_EXPLANATORY_ANSWERS[i]``.
+    irrelevant) and the answer is ``explanation + " " + EXPLANATORY_ANSWERS[i]``.
     A template choice is an index into the list :func:`question_templates` picks (answers:
-    :data:`~xsam.tasks.templates.REASONING_ANSWERS` or the explanatory answers) or a custom template
+    :data:`ANSWERS` or the explanatory answers) or a custom template
     string (questions with one ``{query}``, answers with one ``<SEG>``; see
     :mod:`xsam.tasks.templates`). ``answer_template=None`` leaves the answer to generation.
     """
@@ -60,8 +97,8 @@ def build_turn(
     if answer_template is None:
         return Turn(question)
     if explanation is None:
-        return Turn(question, REASONING_ANSWERS.render(answer_template))
-    return Turn(question, f"{explanation} {REASONING_EXPLANATORY_ANSWERS.render(answer_template)}")
+        return Turn(question, ANSWERS.render(answer_template))
+    return Turn(question, f"{explanation} {EXPLANATORY_ANSWERS.render(answer_template)}")
 
 
 def build_prompt(
@@ -115,7 +152,7 @@ def sample_prompt(
     for query in queries:
         explain = explanation is not None and rng.random() < EXPLANATION_PROBABILITY
         questions = question_templates(is_sentence=is_sentence, explanatory=explain)
-        answers = REASONING_EXPLANATORY_ANSWERS if explain else REASONING_ANSWERS
+        answers = EXPLANATORY_ANSWERS if explain else ANSWERS
         turn = build_turn(
             query,
             is_sentence=is_sentence,
@@ -126,3 +163,68 @@ def sample_prompt(
         turns.append(turn)
     turns[0].question = place_image(turns[0].question)
     return turns
+
+
+def looks_like_sentence(query: str) -> bool:
+    """ReasonSeg marks full-sentence queries; without the flag a query ending like a sentence or longer
+    than six words is taken as one (a short noun phrase gets the short-question template)."""
+    return query.rstrip().endswith(("?", ".", "!")) or len(query.split()) > 6
+
+
+class ReasoningHandler(referring.ReferringHandler):
+    """Reasoning segmentation: a query that names its target only implicitly, one mask out (selected,
+    trained and scored as a referring expression)."""
+
+    name = "reasoning"
+    official_name = "reaseg"
+    accepts = frozenset({"text", "is_sentence"})
+    questions = (LONG_QUESTIONS, SHORT_QUESTIONS)
+    answers = ANSWERS
+    templates = (LONG_QUESTIONS, SHORT_QUESTIONS, EXPLANATORY_QUESTIONS, ANSWERS, EXPLANATORY_ANSWERS)
+
+    def build_request(
+        self, prompt: Prompt, image_size: tuple[int, int], history: Sequence[Turn]
+    ) -> TaskRequest:
+        text = referring.required_text(prompt, self.name)
+        sentence = looks_like_sentence(text) if prompt.is_sentence is None else prompt.is_sentence
+        return TaskRequest(self.name, build_prompt(text, is_sentence=sentence), [text])
+
+    def draft(self, record: Record, rng: random.Random, *, train: bool, options: DraftOptions) -> Draft:
+        """Queries of one image may differ in ``is_sentence`` / explanation: each turn is built alone."""
+        if not record.expressions:
+            raise ValueError(f"reasoning record {record.image_id!r} has no queries")
+        turns: list[Turn] = []
+        for expression in record.expressions:
+            if train:
+                (turn,) = sample_prompt(
+                    expression.text,
+                    rng,
+                    is_sentence=expression.is_sentence,
+                    explanation=expression.explanation,
+                )
+            else:
+                (turn,) = build_prompt(expression.text, is_sentence=expression.is_sentence)
+            if turns:
+                turn.question = turn.question.replace(IMAGE, "").strip()
+            turns.append(turn)
+        names = [expression.text for expression in record.expressions]
+        targets = referring.expression_targets(record)
+        return Draft(turns, targets, class_names=names, ignore=referring.ignore_mask(record))
+
+    def evaluation_samples(
+        self, records: Sequence[Record], metric: Metric, options: dict[str, Any]
+    ) -> list[EvalSample]:
+        """One sample per query (the records hold one query each)."""
+        samples = []
+        for record in records:
+            expression = record.expressions[0]
+            truth = MaskTruth(
+                expression.masks, record.height, record.width, ignore=record.ignore_mask, text=expression.text
+            )
+            request = {"task": self.name, "text": expression.text, "is_sentence": expression.is_sentence}
+            key = f"{Path(record.image_path).stem}_{record.extra['query_index']}"
+            samples.append(EvalSample(key, record.image_path, record.image_id, request, truth))
+        return samples
+
+
+REASONING = ReasoningHandler()

@@ -1,10 +1,11 @@
-"""Prompt templates of every task, as data, plus the small text helpers all prompt builders share.
+"""Prompt templates as data (:class:`TemplateList`) and the small text helpers every task's prompt
+builder shares. Each task module holds its own lists (``generic.QUESTIONS``, ``referring.ANSWERS``...).
 
-Each list is a :class:`TemplateList`. The builders pick a template by **index into our list**:
-inference uses a fixed index (default 0, the first template of the official list in every case,
-so the default prompt is an official one), training draws an index with :meth:`TemplateList.draw`
+The builders pick a template by **index into our list**: inference uses a fixed index (default 0,
+the first template of the official list in every case, so the default prompt is an official one),
+training draws an index with :meth:`TemplateList.draw`
 and a caller-owned ``random.Random``. The official code draws uniformly at random in training *and*
-evaluation (REFERENCE §2, issue #37); a deterministic default removes that source of variance.
+evaluation; a deterministic default removes that source of variance.
 
 **Custom templates.** Wherever a builder takes ``question_template`` or ``answer_template``, a
 ``str`` may be given instead of an index: it is used as the template itself, for users who want
@@ -12,30 +13,21 @@ their own prompt wording (or an official template missing from a partial list be
 are :meth:`str.format` strings (write a literal brace as ``{{`` or ``}}``). :meth:`TemplateList.get`
 accepts a custom template only when it has exactly the placeholders of the list's templates, each
 once, as plain ``{name}`` fields (e.g. ``"Segment {categories}, please."`` for
-:data:`GENERIC_QUESTIONS`; none for :data:`GCG_QUESTIONS` and the answers), and contains the
+the generic questions; none for the GCG questions and the answers), and contains the
 special tokens ``<SEG>``, ``<p>``, ``</p>`` and ``<region>`` exactly as often as the listed ones
 (an answer needs its one ``<SEG>``; a question must not add condition phrases or regions of its
 own, which would shift the class order). Anything else raises ``ValueError`` naming what is
 expected. A custom template changes the text the model sees: the released weights were trained on
 the official wording only.
 
-**Partial lists.** The REFERENCE (§2) spells out most official lists verbatim, but for some it only
-quotes a few entries ("+3 near-duplicates", "(+4 similar)", "…"). Only the entries it gives in full,
-plus entries realised verbatim by the golden fixtures (``shared/parity``), are listed here; nothing
-is made up. ``official_size`` records the official length, :attr:`TemplateList.complete` tells the
-two apart. Partial lists (ours / official):
-
-* :data:`GENERIC_QUESTIONS` 3 / 6 (the REFERENCE elides four; ``train_genseg`` realises one of them),
-* :data:`REFERRING_QUESTIONS` 7 / 10,
-* :data:`REASONING_SHORT_QUESTIONS` 1 / 5,
-* :data:`REASONING_EXPLANATORY_QUESTIONS` 1 / 5,
-* :data:`GCG_QUESTIONS` 2 / 6,
-* :data:`VISUAL_GROUNDING_QUESTIONS` 4 / 6 (two from the REFERENCE, two realised by the ``intseg``
-  and ``vgdseg`` fixtures).
-
-Every answer list and :data:`REASONING_LONG_QUESTIONS` are complete. Because partial lists skip
-official entries, an index beyond the leading run of a partial list is *our* position, not the
-official one (index 0 is the official index 0 everywhere).
+**Partial lists.** For some official lists only a few entries are known verbatim (from the official
+configuration and the entries the golden parity fixtures realise); nothing is made up.
+``official_size`` records the official length, :attr:`TemplateList.complete` tells the two apart.
+Partial lists (ours / official): generic questions 3 / 6, referring questions 7 / 10, reasoning short
+and explanatory questions 1 / 5 each, GCG questions 2 / 6, visual-grounding questions 4 / 6. Every
+answer list and the reasoning long questions are complete. Because partial lists skip official
+entries, an index beyond the leading run of a partial list is *our* position, not the official one
+(index 0 is the official index 0 everywhere).
 
 Placeholders: ``{categories}`` (generic), ``{expression}`` (referring), ``{query}`` (reasoning),
 ``{regions}`` (visual grounding, interactive); the GCG questions and every answer have none. Every
@@ -51,11 +43,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-IMAGE = "<image>"
-REGION = "<region>"
-SEG = "<SEG>"
-PHRASE_START = "<p>"
-PHRASE_END = "</p>"
+from ..tokens import IMAGE, PHRASE_END, PHRASE_START, REGION, SEG
 
 TemplateChoice = int | str
 """What a builder's ``question_template`` / ``answer_template`` takes: an index or a custom template."""
@@ -196,164 +184,3 @@ def per_turn(
     if len(choices) != count:
         raise ValueError(f"{name}: got {len(choices)} template choices for {count} turns")
     return choices
-
-
-# ------------------------------------------------------------------------------ generic / open-vocab
-GENERIC_QUESTIONS = TemplateList(
-    "generic questions",
-    (
-        "Can you segment the image based on the following categories: {categories}? "
-        "Please output the segmentation masks.",
-        "Can you generate segmentation masks for this image based on the specified categories: "
-        "{categories}? Please generate the segmentation masks.",
-        # Elided in the REFERENCE; this is the text the train_genseg fixture realises.
-        "Could you output segmentation masks for this image that highlight the following categories: "
-        "{categories}? Please output the segmentation masks.",
-    ),
-    official_size=6,
-)
-
-GENERIC_ANSWERS = TemplateList(
-    "generic answers",
-    (
-        f"{SEG}.",
-        f"It is {SEG}.",
-        f"Sure, {SEG}.",
-        f"Sure, it is {SEG}.",
-        f"Sure, the segmentation result is {SEG}.",
-    ),
-    official_size=5,
-)
-
-# ------------------------------------------------------------------------------------------ referring
-REFERRING_QUESTIONS = TemplateList(
-    "referring questions",
-    (
-        "Please identify and segment the {expression} in this image.",
-        "Please segment {expression} in this image.",
-        "What is {expression} in this image? Please output the corresponding segmentation mask.",
-        "Can you segment {expression} in this image? Please generate the segmentation mask.",
-        "Could you provide a segmentation mask for the {expression} in this image? "
-        "Please provide the segmentation mask.",
-        "Where is the {expression} in this picture? Please output the segmentation masks.",
-        "Can you highlight the {expression} in this image with a segmentation mask? "
-        "Please output the segmentation mask.",
-    ),
-    official_size=10,
-)
-
-REFERRING_ANSWERS = TemplateList(
-    "referring answers",
-    (
-        f"{SEG}.",
-        f"It is {SEG}.",
-        f"Sure, {SEG}.",
-        f"Sure, it is {SEG}.",
-        f"Sure, the segmentation mask is {SEG}.",
-    ),
-    official_size=5,
-)
-
-# ------------------------------------------------------------------------------------------ reasoning
-REASONING_LONG_QUESTIONS = TemplateList(
-    "reasoning long questions",
-    (
-        "{query} Please output the corresponding segmentation mask.",
-        "{query} Please generate a segmentation mask for this image.",
-        "{query} Please extract the segmentation mask.",
-        "{query} Please return the segmentation predictions as masks.",
-        "{query} Please segment the image.",
-    ),
-    official_size=5,
-)
-
-REASONING_SHORT_QUESTIONS = TemplateList(
-    "reasoning short questions",
-    ("Can you segment {query} in this image? Please output the segmentation mask.",),
-    official_size=5,
-)
-
-REASONING_EXPLANATORY_QUESTIONS = TemplateList(
-    "reasoning explanatory questions",
-    ("{query} Please explain why and output the corresponding segmentation mask.",),
-    official_size=5,
-)
-
-# The REFERENCE gives no separate plain-answer list for reasoning; the referring answers are used
-# (the reaseg fixture's "It is <SEG>." is among them).
-REASONING_ANSWERS = TemplateList("reasoning answers", REFERRING_ANSWERS.templates, official_size=5)
-
-# Appended to the explanation with one space: "{explanation} {answer}".
-REASONING_EXPLANATORY_ANSWERS = TemplateList(
-    "reasoning explanatory answers",
-    (
-        f"{SEG}.",
-        f"It is {SEG}.",
-        f"And {SEG}.",
-        f"And it is {SEG}.",
-        f"And the segmentation mask is {SEG}.",
-    ),
-    official_size=5,
-)
-
-# ------------------------------------------------------------------------ grounded conversation (GCG)
-GCG_QUESTIONS = TemplateList(
-    "gcg questions",
-    (
-        "Could you please give me a brief description of the image? Please respond with interleaved "
-        "segmentation masks for the corresponding parts of the answer.",
-        "Can you provide a brief description of the this image? Please output interleaved "
-        "segmentation masks for the corresponding phrases.",
-    ),
-    official_size=6,
-)
-
-# Appended to the tagged caption with one space; one <SEG> for all phrases.
-GCG_ANSWERS = TemplateList(
-    "gcg answers",
-    (
-        f"{SEG}.",
-        f"And {SEG}.",
-        f"The segmentation mask is {SEG}.",
-        f"And the segmentation mask is {SEG}.",
-    ),
-    official_size=4,
-)
-
-# ------------------------------------------------------------------- visual grounding / interactive
-VISUAL_GROUNDING_QUESTIONS = TemplateList(
-    "visual grounding questions",
-    (
-        "Can you segment the image based on the following regions: {regions}? "
-        "Please output the corresponding segmentation mask.",
-        "Can you generate segmentation masks for this image based on the specified regions: "
-        "{regions}? Please generate the segmentation masks.",
-        # Elided in the REFERENCE; realised by the intseg and vgdseg fixtures respectively.
-        "Can you provide segmentation masks for this image based on these regions: {regions}? "
-        "Please provide the segmentation masks.",
-        "Could you create segmentation masks for this image according to the specified regions: "
-        "{regions}? Please create the segmentation masks.",
-    ),
-    official_size=6,
-)
-
-VISUAL_GROUNDING_ANSWERS = TemplateList(
-    "visual grounding answers", GENERIC_ANSWERS.templates, official_size=5
-)
-
-ALL_TEMPLATE_LISTS: tuple[TemplateList, ...] = (
-    GENERIC_QUESTIONS,
-    GENERIC_ANSWERS,
-    REFERRING_QUESTIONS,
-    REFERRING_ANSWERS,
-    REASONING_LONG_QUESTIONS,
-    REASONING_SHORT_QUESTIONS,
-    REASONING_EXPLANATORY_QUESTIONS,
-    REASONING_ANSWERS,
-    REASONING_EXPLANATORY_ANSWERS,
-    GCG_QUESTIONS,
-    GCG_ANSWERS,
-    VISUAL_GROUNDING_QUESTIONS,
-    VISUAL_GROUNDING_ANSWERS,
-)
-"""Every list above, for tests and documentation tools."""

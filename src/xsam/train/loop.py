@@ -30,8 +30,9 @@ from ..data.collate import Batch, collate
 from ..data.mixture import MixtureDataset, SourceGroupedSampler
 from ..distributed import finish_processes
 from ..losses.criterion import SegmentationCriterion, count_target_masks
+from ..modeling.pretrained import copy_tokenizer
 from ..modeling.xsam import XSamModel
-from ..tasks.conversation import IGNORE_INDEX
+from ..tokens import IGNORE_INDEX
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .stages import StageConfig, stage_preset
@@ -171,7 +172,7 @@ def compute_loss(
                 criterion, segmentation.class_logits, segmentation.mask_logits, batch, accelerator, parts
             )
     if not terms:
-        raise ValueError(f"stage {stage.name!r} produced no loss for a {batch.task.value} batch")
+        raise ValueError(f"stage {stage.name!r} produced no loss for a {batch.task} batch")
     loss = torch.stack(list(terms.values())).sum()
     logs = {name: float(value.detach()) for name, value in terms.items()}
     logs.update(parts)
@@ -212,10 +213,7 @@ def build_model(args: TrainArguments, stage: StageConfig) -> XSamModel:
     closed-set head for stage 1)."""
     if args.init is not None:
         return XSamModel.from_pretrained(args.init, allow_missing=True).train()
-    presets = {"tiny": XSamConfig.tiny, "small": XSamConfig.small, "official": XSamConfig.official}
-    if args.config not in presets:
-        raise ValueError(f"unknown config preset {args.config!r}; choose from {sorted(presets)}")
-    config = presets[args.config]()
+    config = XSamConfig.preset(args.config)
     if stage.closed_set and config.mask_decoder.num_closed_set_classes is None:
         config.mask_decoder.num_closed_set_classes = args.num_closed_set_classes
     return XSamModel(config).train()
@@ -280,12 +278,14 @@ def _accelerator(args: TrainArguments, output_dir: Path) -> Accelerator:
     )
 
 
-def _finish(accelerator: Accelerator, module: Any, output_dir: Path) -> Path:
-    """Log parameter checksums (ranks must agree) and save the final model on the main process."""
+def _finish(accelerator: Accelerator, module: Any, output_dir: Path, init: str | Path | None) -> Path:
+    """Log parameter checksums (ranks must agree) and save the final model on the main process, with
+    the tokenizer of the ``init`` model if it had its own."""
     _log_parameter_checksums(accelerator, accelerator.unwrap_model(module), output_dir / LOG_FILE)
     final = output_dir / FINAL_DIR
     if accelerator.is_main_process:
         accelerator.unwrap_model(module).model.save_pretrained(final)
+        copy_tokenizer(init, final)
     finish_processes()  # every rank waits for the save
     accelerator.end_training()
     return final
@@ -383,4 +383,4 @@ def train(args: TrainArguments) -> Path:
     if last_saved != step:
         save()
     progress.close()
-    return _finish(accelerator, module, output_dir)
+    return _finish(accelerator, module, output_dir, args.init)

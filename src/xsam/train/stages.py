@@ -1,4 +1,4 @@
-"""The three X-SAM training stages as plain config presets (REFERENCE §3.1).
+"""The three X-SAM training stages as plain config presets (as the release trains them).
 
 A stage says which modules train, at what learning rate (with per-module multipliers), how the rate
 moves over training, how hard gradients are clipped and which losses apply. The loop reads these
@@ -7,7 +7,9 @@ fields; it has no per-stage branches of its own.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -60,6 +62,8 @@ class StageConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if not (self.closed_set or self.lm_loss or self.seg_loss):
             raise ValueError(f"stage {self.name!r} has no loss")
+        if not self.scale_jitter:  # () means "no jitter", as None does
+            self.scale_jitter = None
 
 
 def seg_finetune() -> StageConfig:
@@ -108,10 +112,22 @@ def mixed_finetune() -> StageConfig:
 STAGES = {"seg_finetune": seg_finetune, "align_pretrain": align_pretrain, "mixed_finetune": mixed_finetune}
 
 
-def stage_preset(name: str) -> StageConfig:
-    """The preset called ``name`` (also accepts ``1``/``2``/``3`` and ``s1``/``s2``/``s3``)."""
+def stage_preset(name: str, **overrides: Any) -> StageConfig:
+    """The preset called ``name`` (also ``1``/``2``/``3`` and ``s1``/``s2``/``s3``), with ``overrides``
+    of its fields; ``lr_multipliers`` are merged into the preset's (a prefix given replaces the
+    preset's factor for it) and ``scale_jitter=()`` turns the jitter off.
+
+    Raises:
+        ValueError: unknown stage or field, or an invalid value.
+    """
     aliases = {"1": "seg_finetune", "2": "align_pretrain", "3": "mixed_finetune"}
     key = aliases.get(name.lower().removeprefix("s"), name)
     if key not in STAGES:
         raise ValueError(f"unknown stage {name!r}; choose from {sorted(STAGES)} or 1/2/3")
-    return STAGES[key]()
+    stage = STAGES[key]()
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(StageConfig)})
+    if unknown:
+        raise ValueError(f"unknown stage field(s) {', '.join(unknown)}")
+    if "lr_multipliers" in overrides:
+        overrides["lr_multipliers"] = {**stage.lr_multipliers, **overrides["lr_multipliers"]}
+    return dataclasses.replace(stage, **overrides)

@@ -1,1 +1,2 @@
-"""Annotation-format readers: each turns one public dataset's files into :class:`xsam.data.records.Record`."""
+"""Annotation-format readers: each turns one public dataset's files into records
+(:class:`xsam.tasks.records.Record`)."""

@@ -16,7 +16,7 @@ Three layouts, one reader each, all returning ``list[Record]`` with lazy masks:
 Images and annotations are linked the way each format links them: panoptic and instance annotations by
 ``image_id`` through the JSON's ``images`` table, semantic label PNGs by file-name stem.
 
-Every ``Segment.mask`` is a :class:`~xsam.data.records.Mask` that decodes on demand; reading an index
+Every ``Segment.mask`` is a :class:`~xsam.tasks.records.Mask` that decodes on demand; reading an index
 never decodes a panoptic PNG or an RLE. Panoptic and semantic masks load through small picklable callables
 (so records survive a ``DataLoader`` with worker processes) that share a per-process cache of the last
 few decoded PNGs: decoding all segments of one image reads its PNG once, and memory stays bounded however
@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from xsam.data.records import Mask, Record, Segment
+from xsam.tasks.records import Mask, Record, Segment
 
 READER_TASKS = ("generic", "open_vocab")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

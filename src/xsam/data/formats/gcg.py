@@ -3,7 +3,7 @@ and the GranD-f val/test ground truth used by the GCG evaluation.
 
 The training readers return ``Record(task="gcg")`` with ``caption`` and ``phrases`` (character
 spans ``[start, end)`` into ``caption``, each with the mask(s) it grounds; several masks mean their
-union). They normalise the data as the official loader does (REFERENCE §2.5, §3.4):
+union). They normalise the data as the official loader does:
 
 * the caption is stripped of surrounding double quotes and whitespace and lower-cased; so is every
   phrase text that is looked up in it;
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xsam.data.formats.json_fields import as_list, field, load_json
-from xsam.data.records import Mask, Phrase, Record, Segment
+from xsam.tasks.records import Mask, Phrase, Record, Segment
 
 PathLike = str | os.PathLike
 TASK = "gcg"

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from xsam.data.records import Record
+from xsam.tasks.records import Record
 
 PathLike = str | os.PathLike
 ROLES = ("human", "gpt")

@@ -18,7 +18,7 @@ Every query of an image denotes the same target. The ground truth is painted the
   hole cut into a target stays ignored, and a small target drawn inside an ignore region stays target;
 * labels containing ``"ignore"`` paint the ignore value, all others the target value.
 
-One record per image (task ``"reasoning"``) with one :class:`~xsam.data.records.Expression` per query,
+One record per image (task ``"reasoning"``) with one :class:`~xsam.tasks.records.Expression` per query,
 all sharing the target mask, ``is_sentence`` from the JSON (default ``False``) and the explanation of
 LISA's ``explanatory/train.json`` (a list of ``{"image": file name, "outputs": text}``) when given.
 ``Record.ignore_mask`` holds the ignore pixels (``None`` when there are none). Training asks all queries
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from xsam.data.records import Expression, Mask, Record
+from xsam.tasks.records import Expression, Mask, Record
 
 TARGET_VALUE = 1
 IGNORE_VALUE = 255

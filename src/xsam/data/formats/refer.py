@@ -17,8 +17,8 @@ runs.
 Sentences are normalised the way the official ``RefSegDataset`` does: lower-cased, duplicates within
 one ref dropped, sorted. Layouts:
 
-* ``group_by_image=True`` (training, REFERENCE §2.3): one record per image holding one
-  :class:`~xsam.data.records.Expression` per ref (the first normalised sentence; the mask of its
+* ``group_by_image=True`` (training): one record per image holding one
+  :class:`~xsam.tasks.records.Expression` per ref (the first normalised sentence; the mask of its
   annotation). ``Record.extra["sentences"]`` keeps every normalised sentence of every expression, and
   :func:`training_sentence_combinations` enumerates the sentence combinations the official code trains on.
 * ``group_by_image=False`` (evaluation): one record per normalised sentence, one expression each.
@@ -47,10 +47,10 @@ from xsam.data.formats.coco import (
     _list_field,
     _load_json,
 )
-from xsam.data.records import Expression, Mask, Record
+from xsam.tasks.records import Expression, Mask, Record
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
-"""The split files X-SAM trains and evaluates on (REFERENCE §3.4)."""
+"""The split files X-SAM trains and evaluates on."""
 
 # All a REFER pickle holds; Python 2 pickles name them "__builtin__.<name>".
 _SAFE_CONTAINERS = frozenset({"dict", "list", "tuple", "set", "frozenset"})

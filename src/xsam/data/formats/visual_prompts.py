@@ -1,10 +1,10 @@
 """Visual prompts for visual grounded (VGD) and interactive segmentation: synthesis from instance
 masks, and the COCO-VGD and COCO-Interactive readers.
 
-A visual prompt is a binary mask drawn on the image (REFERENCE §1.8, §2.7): ``"point"`` (a disk of
+A visual prompt is a binary mask drawn on the image: ``"point"`` (a disk of
 radius 10 px), ``"scribble"`` (a wavy stroke dilated by 5 px), ``"box"`` (a filled rectangle) or
 ``"mask"`` (a blurred copy of the instance mask). Readers put them in
-``Segment.visual_prompts[kind]`` as lazy :class:`~xsam.data.records.Mask` objects; prompts whose
+``Segment.visual_prompts[kind]`` as lazy :class:`~xsam.tasks.records.Mask` objects; prompts whose
 stored mask is empty are left out of that dict.
 
 Synthesis (:func:`synthesize_visual_prompts`) follows the official generator's distributions; it
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from xsam.data.formats.json_fields import as_list, field, load_json
-from xsam.data.records import Mask, Record, Segment
+from xsam.tasks.records import Mask, Record, Segment
 
 PathLike = str | os.PathLike
 PROMPT_KINDS = ("point", "scribble", "box", "mask")
@@ -527,7 +527,7 @@ def read_coco_interactive(
     file_name, "image_info": {"file_name", "height", "width", "id"}, "anns": [COCO annotation +
     "point_visual_prompt_mask", "scribble_visual_prompt_mask", "box_visual_prompt_mask",
     "mask_visual_prompt_mask"]}``, every prompt an RLE. Point prompts are stored as clicked pixels
-    and scribbles as thin strokes: they are dilated on decode by 10 px and 5 px (REFERENCE §4).
+    and scribbles as thin strokes: they are dilated on decode by 10 px and 5 px.
     Annotations with no non-empty prompt are dropped, and so are images left without annotations.
 
     Entries in the COCO-VGD layout (``"annotations"`` with ``"visual_prompts"``, e.g. the official
@@ -535,7 +535,7 @@ def read_coco_interactive(
 
     Category names come from ``instances_json`` when given (else ``Segment.category`` is ``""``;
     ``category_id`` is always set). Evaluation treats every segment as its own single-region
-    sample (REFERENCE §2.6).
+    sample.
     """
     names = _coco_categories(instances_json) if instances_json is not None else {}
     data = as_list(load_json(json_path), "the top level", str(json_path))

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ...processing import encode_rle
 from ..formats.coco import id_to_rgb
-from ..records import encode_rle
 from .geometry import mask_bbox, outline_polygons
 from .language import GroundedCaption, conversation, grounded_caption, reasoning_query, referring_sentences
 from .prompts import PROMPT_KINDS, VisualPrompts, draw_prompts

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from xsam.data.formats.json_fields import load_json
-from xsam.data.records import encode_rle
+from xsam.processing import encode_rle
 
 PathLike = str | os.PathLike
 STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
