@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from locations import FORMATS
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from locations import FORMATS
 from xsam.data.formats import coco
 from xsam.data.formats.coco import (
     id_to_rgb,

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+
 from locations import FORMATS
 from script_support import load_script
-
 from xsam.data.formats.gcg import (
     read_flickr_gcg,
     read_gcg_eval,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from locations import FORMATS
 
+from locations import FORMATS
 from xsam.data.formats.reasonseg import (
     FILL_RULES,
     IGNORE_VALUE,

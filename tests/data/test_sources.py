@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from locations import FORMATS
 
+from locations import FORMATS
 from xsam.config import XSamConfig
 from xsam.data import sources
 from xsam.data.samples import SampleTooLongError

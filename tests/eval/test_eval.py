@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchmark_root import build_benchmark_root
 
+from benchmark_root import build_benchmark_root
 from xsam.cli import main
 from xsam.config import XSamConfig
 from xsam.eval.benchmarks import BENCHMARKS, get_benchmark, resolve_paths

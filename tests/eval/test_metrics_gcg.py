@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from locations import FORMATS
 from pycocotools import mask as mask_utils
 
+from locations import FORMATS
 from xsam.eval.metrics import gcg
 from xsam.eval.metrics.caption import caption_scores
 from xsam.eval.metrics.gcg import GCGMetric, greedy_pairing_miou, score_gcg_files

@@ -11,8 +11,8 @@ import math
 
 import pytest
 import torch
-from locations import PARITY_DIR
 
+from locations import PARITY_DIR
 from xsam.losses import (
     RecordingRandom,
     ReplayRandom,

@@ -15,6 +15,7 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
+
 from parity_support import (
     AVAILABLE,
     DIFFS,
@@ -26,7 +27,6 @@ from parity_support import (
     load,
     photo,
 )
-
 from xsam.convert.official import convert_checkpoint
 from xsam.losses.criterion import SegmentationCriterion
 from xsam.losses.point_sampling import TorchRandom

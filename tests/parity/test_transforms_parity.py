@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from parity_support import (
     AVAILABLE,
     PARITY_DIR,
@@ -23,7 +24,6 @@ from parity_support import (
     photo,
     photo_from_recipe,
 )
-
 from xsam.config import ImageEncoderConfig, SegmentationEncoderConfig
 from xsam.processing import preprocess_masks, preprocess_sam, siglip_pixels_uint8
 

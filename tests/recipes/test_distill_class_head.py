@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from script_support import load_script
 
+from script_support import load_script
 from xsam import XSamConfig, XSamModel
 
 

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from locations import FORMATS
 from PIL import Image
 
+from locations import FORMATS
 from xsam.data.formats.refer import load_refs_pickle
 from xsam.eval.benchmarks import BENCHMARKS, resolve_paths
 from xsam.eval.evaluators import build_evaluator

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from locations import PARITY_DIR
 from PIL import Image
 from safetensors.torch import load_file
+
+from locations import PARITY_DIR
 
 AVAILABLE = (PARITY_DIR / "component_configs.json").is_file()
 SKIP_REASON = f"parity fixtures not found in {PARITY_DIR} (set XSAM_PARITY_DIR)"

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from parity_support import AVAILABLE, SKIP_REASON, load
 
+from parity_support import AVAILABLE, SKIP_REASON, load
 from xsam.processing import Frame, restore_prompt_masks
 from xsam.tasks import gcg as gcg_module
 from xsam.tasks import mask_classification as post

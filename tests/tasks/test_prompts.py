@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import torch
-from parity_support import AVAILABLE, SKIP_REASON, fixture_names, load
 
+from parity_support import AVAILABLE, SKIP_REASON, fixture_names, load
 from xsam import tokens
 from xsam.config import TokenConfig
 from xsam.tasks import (

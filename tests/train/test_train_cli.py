@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from locations import FORMATS, ROOT
 
+from locations import FORMATS, ROOT
 from xsam.cli import main
 from xsam.config import XSamConfig
 from xsam.modeling.xsam import XSamModel
