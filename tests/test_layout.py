@@ -31,7 +31,7 @@ FLOORS = {
 }
 """Every top-level part of ``xsam`` and its floor: a part may import parts of lower floors only."""
 
-SIBLING_EDGES = {("data", "tasks"), ("eval", "inference")}
+SIBLING_EDGES = {("data", "tasks"), ("eval", "inference"), ("cli", "serve"), ("cli", "demo")}
 """The imports allowed between parts of one floor (each pair runs one way only)."""
 
 

@@ -334,13 +334,17 @@ def test_load_image_missing_and_unreadable_files(tmp_path):
 def test_load_image_converts_modes():
     grey = load_image(Image.new("L", (3, 2), 77))
     assert grey.mode == "RGB" and (np.asarray(grey) == 77).all()
-    rgba = load_image(Image.new("RGBA", (3, 2), (10, 20, 30, 0)))
-    assert rgba.mode == "RGB" and (np.asarray(rgba) == (10, 20, 30)).all()  # alpha dropped
+    opaque = load_image(Image.new("RGBA", (3, 2), (10, 20, 30, 255)))
+    assert opaque.mode == "RGB" and (np.asarray(opaque) == (10, 20, 30)).all()
+    transparent = load_image(Image.new("RGBA", (3, 2), (10, 20, 30, 0)))
+    assert (np.asarray(transparent) == 255).all()  # flattened onto white
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (4, 5, 1), (4, 5, 3), (4, 5, 4)])
 def test_load_image_from_arrays(shape):
     array = np.full(shape, 9, dtype=np.uint8)
+    if len(shape) == 3 and shape[2] == 4:
+        array[..., 3] = 255  # opaque
     image = load_image(array)
     assert image.mode == "RGB" and image.size == (5, 4)
     assert (np.asarray(image) == 9).all()

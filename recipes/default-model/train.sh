@@ -47,15 +47,15 @@ if [ ! -f "$WORLD/world.json" ]; then
   xsam synth --out "$WORLD" --seed "$SEED" --images "$IMAGES" > "$WORK/synth.log" 2>&1
 fi
 
-# A stage whose final model exists is skipped, so a rerun (e.g. with more stage-3 steps after deleting
-# WORK/s3) continues where the previous one stopped.
+# A stage whose final model exists is skipped and an interrupted one resumes from its last checkpoint,
+# so a rerun (e.g. with more stage-3 steps after deleting WORK/s3) continues where the previous one stopped.
 stage() {
   local name=$1
   shift
   if [ -f "$WORK/$name/final/config.json" ]; then
     echo "$name: $WORK/$name/final exists, skipped"
   else
-    xsam train "$@" --output "$WORK/$name" > "$WORK/$name.out" 2>&1
+    xsam train "$@" --output "$WORK/$name" --resume >> "$WORK/$name.out" 2>&1
   fi
 }
 

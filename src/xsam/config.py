@@ -6,7 +6,8 @@ released model (SigLIP2-so400m + SAM ViT-L + Phi-3-mini-4k); ``XSamConfig.tiny()
 a CPU and is what the tests use.
 
 Configs round-trip through ``to_dict`` / ``from_dict`` (the ``config.json`` of a saved model); unknown
-keys are an error so a typo never silently falls back to a default.
+keys are an error so a typo never silently falls back to a default, and every value is checked
+against its field's type hint.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import copy
 import dataclasses
 import json
 import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -386,6 +388,12 @@ class XSamConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> XSamConfig:
+        """The inverse of :meth:`to_dict` (JSON lists become the tuples the fields hold).
+
+        Raises:
+            ValueError: an unknown key, or a value whose type does not fit the field's type hint; the
+                message names it as ``XSamConfig.<part>.<field>`` and says what was expected.
+        """
         return _from_dict(cls, data, "XSamConfig")
 
     def save(self, path: str | Path) -> None:
@@ -404,21 +412,99 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def _from_dict(cls: type[_ConfigT], data: dict[str, Any], where: str) -> _ConfigT:
+def _from_dict(cls: type[_ConfigT], data: Any, where: str) -> _ConfigT:
+    """Build dataclass ``cls`` from JSON data, checking every value against the field's type hint.
+
+    Raises:
+        ValueError: an unknown key, or a value of the wrong type; the message names ``where.field``
+            and what was expected.
+    """
     if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
+        raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {_describe(data)}")
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown}")
     hints = get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, f"{where}.{name}")
-        elif isinstance(value, list) and "tuple" in str(hint):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = copy.deepcopy(value)
+    kwargs = {name: _from_json(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _from_json(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` names: JSON lists become tuples, integers become floats where a
+    float is expected; anything else of the wrong type raises ``ValueError`` naming ``where``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if hint is Any:
+        return copy.deepcopy(value)  # free-form (e.g. a transformers config): the caller must not share it
+    if origin in (Union, types.UnionType):
+        return _from_json_union(value, args, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _mismatch(value, hint, where)
+        items = args[:-1] * len(value) if args[-1:] == (Ellipsis,) else args
+        if len(items) != len(value):
+            raise _mismatch(value, hint, where)
+        pairs = enumerate(zip(value, items, strict=True))
+        return tuple(_from_json(item, item_hint, f"{where}[{i}]") for i, (item, item_hint) in pairs)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise _mismatch(value, hint, where)
+        return {key: _from_json(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    if hint not in _SCALARS:
+        raise TypeError(f"{where}: config fields of type {hint} are not supported")  # a bug, not bad input
+    if not _is_scalar(value, hint):
+        raise _mismatch(value, hint, where)
+    return float(value) if hint is float else value
+
+
+def _from_json_union(value: Any, arms: tuple[Any, ...], where: str) -> Any:
+    if value is None and type(None) in arms:
+        return None
+    for arm in arms:
+        if arm is not type(None):
+            try:
+                return _from_json(value, arm, where)
+            except ValueError:
+                continue
+    raise ValueError(f"{where}: expected {' or '.join(_expected(a) for a in arms)}, got {_describe(value)}")
+
+
+def _mismatch(value: Any, hint: Any, where: str) -> ValueError:
+    return ValueError(f"{where}: expected {_expected(hint)}, got {_describe(value)}")
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _is_scalar(value: Any, hint: type) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass, but true is no layer count
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _expected(hint: Any) -> str:
+    """How an error message names a type hint: ``int``, ``a list of float``, ``null``, ..."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        if args[-1:] == (Ellipsis,):
+            return f"a list of {_expected(args[0])}"
+        return f"a list of {len(args)} items ({', '.join(_expected(a) for a in args)})"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} fields"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _describe(value: Any) -> str:
+    """``str 'four'``: the JSON value's Python type and a short repr, for error messages."""
+    if value is None:
+        return "null"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 60 else shown[:57] + '...'}"

@@ -28,8 +28,11 @@ is what the official processors do; the parity tests pin this against the offici
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
+import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,65 +41,219 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xsam.config import ImageEncoderConfig, SegmentationEncoderConfig
 
-ImageLike = str | Path | Image.Image | np.ndarray
-"""Anything :func:`load_image` accepts."""
+ImageLike = str | Path | Image.Image | np.ndarray | bytes
+"""Anything :func:`load_image` accepts: a path, a PIL image, an array, or an encoded file's bytes."""
 
 # The official processors use ``rescale_factor = 1/255``.
 _RESCALE_FACTOR = 1.0 / 255.0
 
 
+# ------------------------------------------------------------------------------------------- files
+def write_atomically(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` beside ``path`` and rename it into place: readers see the old file or the whole
+    new one, never half of it, and a failure leaves no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            temporary.write_text(data)
+        else:
+            temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG, for :func:`write_atomically`."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 # ------------------------------------------------------------------------------------------ images
-def load_image(image: ImageLike) -> Image.Image:
-    """Return ``image`` as an RGB ``PIL.Image.Image``.
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest image :func:`load_image` accepts by default: a bit above large camera photos (8000 x 8000)."""
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class ImageError(ValueError):
+    """An image that cannot be used (unreadable, truncated, too large, empty); the message names it."""
+
+
+class PixelLimitError(ImageError):
+    """An image with more pixels than the policy allows."""
+
+
+class AnimatedImageWarning(UserWarning):
+    """An animated image was given; its first frame is used."""
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """How :func:`load_image` reads every image, whatever face it came through.
+
+    Attributes:
+        max_pixels: refuse images with more pixels (checked before decoding); None: no limit of ours
+            (Pillow's own decompression-bomb limit still applies).
+        exif_transpose: apply the EXIF orientation, so that pixels and coordinates are in the frame a
+            viewer shows. Dataset readers turn it off: annotations are made in the stored frame.
+    """
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive number of pixels, got {self.max_pixels}")
+
+
+STORED_FRAME = ImagePolicy(exif_transpose=False)
+"""The policy of dataset readers: EXIF orientation ignored, as the annotations' frame is the stored one."""
+
+
+def load_image(image: ImageLike, *, policy: ImagePolicy | None = None) -> Image.Image:
+    """Return ``image`` as an 8-bit RGB ``PIL.Image.Image``, read the same way for every caller.
 
     Args:
-        image: a file path, a PIL image of any mode, or a ``uint8`` numpy array of shape ``(H, W)``
-            (grey), ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA).
+        image: a file path, the bytes of an encoded image file (PNG, JPEG, ...), a PIL image of any
+            mode, or a ``uint8`` / ``uint16`` numpy array of shape ``(H, W)`` (grey), ``(H, W, 1)``,
+            ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA).
+        policy: pixel limit and EXIF handling (default: :class:`ImagePolicy`'s defaults).
 
-    Alpha is dropped, not composited, and EXIF orientation is ignored: that is what the official
-    pipeline's ``Image.open(path).convert("RGB")`` does, and predictions are in that pixel frame.
+    What is normalised, and how:
+
+    * a file's pixel count is checked against ``policy.max_pixels`` before anything is decoded (an
+      image already in memory, a PIL image or an array, is not limited);
+    * animated images (GIF, APNG, WebP) give their first frame (an :class:`AnimatedImageWarning`
+      says so once per process);
+    * the EXIF orientation is applied (``policy.exif_transpose``), so that the image, its masks and
+      the coordinates of visual prompts are in the displayed frame;
+    * 16-bit and 32-bit integer images are scaled to 8 bits (divided by 257, so 65535 -> 255; 32-bit
+      ones only when their values exceed 255), float images are read as ``[0, 1]`` (``[0, 255]`` when
+      their values exceed 1) and clipped;
+    * transparency is flattened onto white, as a viewer on a white page shows it (the official
+      pipeline drops the alpha channel instead, which differs only for transparent pixels).
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not an image, or the array has an unsupported shape or is empty.
-        TypeError: ``image`` is none of the accepted types, or the array is not ``uint8``.
+        ImageError: the file is not an image, is truncated or corrupt, exceeds the pixel limit, or an
+            array is empty or of an unsupported shape.
+        TypeError: ``image`` is none of the accepted types, or the array's dtype is not supported.
     """
+    policy = policy or ImagePolicy()
     if isinstance(image, (str, Path)):
-        return _open_image_file(Path(image))
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        return _decode(path, policy, str(path))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(image)), policy, "the image data")
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return _normalised(image, policy)
     if isinstance(image, np.ndarray):
-        return _array_to_image(image)
+        return _normalised(_array_to_image(image), policy)
     raise TypeError(
         f"expected a path, a PIL image or a numpy array, got {type(image).__module__}.{type(image).__name__}"
     )
 
 
-def _open_image_file(path: Path) -> Image.Image:
-    path = path.expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+def _decode(source: Path | io.BytesIO, policy: ImagePolicy, name: str) -> Image.Image:
+    """Open an encoded image (a file or bytes), check its size from the header, then decode it."""
     try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(source) as opened:
+                _check_pixels(opened.size, policy, name)
+                opened.load()
+                return _normalised(opened, policy, name)
+    except Image.DecompressionBombError as error:
+        raise PixelLimitError(f"{name}: {error}") from error
     except UnidentifiedImageError as error:
-        raise ValueError(f"cannot read {path} as an image") from error
+        raise ImageError(
+            f"cannot read {name} as an image (not an image file, or a format Pillow lacks)"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, ImageError):
+            raise
+        raise ImageError(f"cannot read {name}: truncated or corrupt image ({error})") from error
+
+
+def _check_pixels(size: tuple[int, int], policy: ImagePolicy, name: str) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} is empty ({width}x{height})")
+    if policy.max_pixels is not None and width * height > policy.max_pixels:
+        raise PixelLimitError(
+            f"{name} is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{policy.max_pixels:,} (raise it with max_pixels= / --max-image-pixels)"
+        )
+
+
+_ANIMATION_SAID = False
+
+
+def _first_frame(image: Image.Image, name: str) -> Image.Image:
+    global _ANIMATION_SAID
+    if getattr(image, "n_frames", 1) <= 1:
+        return image
+    image.seek(0)
+    if not _ANIMATION_SAID:
+        _ANIMATION_SAID = True
+        warnings.warn(f"{name} is animated: its first frame is used", AnimatedImageWarning, stacklevel=4)
+    return image
+
+
+def _normalised(image: Image.Image, policy: ImagePolicy, name: str = "the image") -> Image.Image:
+    """The conversions of :func:`load_image` on an opened image."""
+    if image.width < 1 or image.height < 1:
+        raise ImageError(f"{name} is empty ({image.width}x{image.height})")
+    image = _first_frame(image, name)
+    if policy.exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_MODES or image.mode == "F":
+        image = _eight_bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    rgb.info.clear()  # no EXIF left: loading the result again must not rotate it a second time
+    return rgb
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16/32-bit integer or float grey image as 8-bit grey (see :func:`load_image`)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scaled = values * 255.0 if values.size and np.nanmax(values) <= 1.0 else values
+    elif image.mode == "I" and (values.size == 0 or values.max() <= 255):
+        scaled = values
+    else:
+        scaled = values / 257.0
+    return Image.fromarray(np.nan_to_num(scaled).round().clip(0, 255).astype(np.uint8))
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
-    if array.dtype != np.uint8:
-        raise TypeError(f"image arrays must be uint8 (values 0..255), got dtype {array.dtype}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"image arrays must be uint8 (0..255) or uint16 (0..65535), got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"image arrays must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
+        raise ImageError(f"image arrays must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {array.shape}")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"image array is empty: shape {array.shape}")
-    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+        raise ImageError(f"image array is empty: shape {array.shape}")
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def mean_fill_colour(image_mean: tuple[float, ...]) -> tuple[int, ...]:
@@ -251,7 +408,8 @@ def sam_scaled_size(original_size: tuple[int, int], longest_side: int) -> tuple[
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {original_size}")
     scale = longest_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # a side that would round to 0 (a 10000 x 16 strip) keeps one pixel
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def preprocess_sam(image: ImageLike, config: SegmentationEncoderConfig) -> SamInput:
@@ -427,20 +585,41 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
     """A COCO RLE (``counts`` compressed as str or bytes, or uncompressed as a list) -> ``(H, W)`` bool.
 
     Raises:
-        ValueError: ``rle`` is not a mapping with ``size`` and ``counts``.
+        ValueError: ``rle`` is not a mapping with ``size`` ``[H, W]`` and ``counts``, or its counts do
+            not describe an ``H x W`` mask.
     """
     from pycocotools import mask as mask_utils
 
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
         raise ValueError("expected an RLE object with 'size' and 'counts'")
-    counts = rle["counts"]
+    size, counts = rle["size"], rle["counts"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_count(v) for v in size)):
+        raise ValueError(f"an RLE's size must be [height, width], got {size!r}")
     if isinstance(counts, list):
-        coded = mask_utils.frPyObjects(dict(rle), *rle["size"])
-    elif isinstance(counts, str):
-        coded = dict(rle, counts=counts.encode("ascii"))
+        if not all(_is_count(v) for v in counts):
+            raise ValueError("an uncompressed RLE's counts must be non-negative integers")
+        if sum(counts) != size[0] * size[1]:
+            raise ValueError(
+                f"the RLE's counts add up to {sum(counts)} pixels, its size is {size[0]}x{size[1]}"
+            )
+        coded = mask_utils.frPyObjects({"size": list(size), "counts": counts}, *size)
+    elif isinstance(counts, (str, bytes)):
+        coded = {"size": list(size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     else:
-        coded = dict(rle)
-    return mask_utils.decode(coded).astype(bool)
+        raise ValueError(
+            f"an RLE's counts must be a string or a list of integers, got {type(counts).__name__}"
+        )
+    try:
+        mask = mask_utils.decode(coded)
+    except (TypeError, ValueError, UnicodeError) as error:
+        raise ValueError(f"invalid RLE ({error})") from None
+    if mask.shape != (size[0], size[1]):
+        raise ValueError(f"invalid RLE: it decodes to {mask.shape}, its size is {size[0]}x{size[1]}")
+    return mask.astype(bool)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # --------------------------------------------------------------------------------- visual prompts

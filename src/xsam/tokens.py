@@ -14,6 +14,7 @@ The package ships the Phi-3-mini-4k-instruct tokenizer (``assets/phi3-tokenizer`
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,19 @@ SEG = TokenConfig.seg_token
 PHRASE_START = TokenConfig.phrase_start_token
 PHRASE_END = TokenConfig.phrase_end_token
 END = TokenConfig.end_token
+
+
+_CONTROL = re.compile(r"<\|[A-Za-z0-9_]*\|>|</?s>|<unk>|<SEG>|</?p>|<image>|<region>")
+"""Strings that prompt encoding would read as control tokens or placeholders: X-SAM's own and the
+chat template's (``<|user|>``, ``<|end|>``, ``<s>``...)."""
+WORD_JOINER = "\u2060"
+
+
+def literal(text: str) -> str:
+    """User text made safe to put in a prompt: every control string in it (``<SEG>``, ``<p>``,
+    ``<|end|>``, ``<image>``...) gets an invisible word joiner after its ``<``, so that it is read as the
+    characters it shows and only our templates insert control tokens."""
+    return _CONTROL.sub(lambda match: f"<{WORD_JOINER}{match.group()[1:]}", text)
 
 
 def phrase_ids(token_ids: torch.Tensor, start_id: int, end_id: int) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """The official-checkpoint converter on a small official-format checkpoint made here (no fixtures)."""
 
+import errno
 import json
 import pickle
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,27 +189,128 @@ def test_unknown_missing_and_misshapen_keys_are_named(official, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
-class _Exploit:
+class _Payload:
+    """Unpickling this with code execution allowed would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("pickle code ran",))
+        return (open, (self.marker, "w"))
 
 
-def test_files_that_are_not_state_dicts_are_rejected(tmp_path, capsys):
-    text = tmp_path / "notes.bin"
-    text.write_text("hello")
-    with pytest.raises(ConversionError, match="not a PyTorch state dict"):
-        convert_checkpoint(text, tmp_path / "out")
-    a_list = tmp_path / "list.bin"
-    torch.save([torch.zeros(1)], a_list)
-    with pytest.raises(ConversionError, match="flat mapping of names to tensors"):
-        convert_checkpoint(a_list, tmp_path / "out")
-    exploit = tmp_path / "exploit.bin"
-    exploit.write_bytes(pickle.dumps({"x": _Exploit()}))
-    with pytest.raises(ConversionError):
-        convert_checkpoint(exploit, tmp_path / "out")
-    assert "pickle code ran" not in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError):
+def _torch_checkpoint(path):
+    torch.save({"bg_embeds.weight": torch.zeros(1, 32)}, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda path, tmp: path.write_text("hello, this is a text file\n"),
+            r"not a PyTorch checkpoint .*b'hell'",
+        ),
+        (lambda path, tmp: path.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (
+            lambda path, tmp: path.write_bytes(_torch_checkpoint(tmp / "whole.bin")[:300]),
+            "truncated or damaged zip archive",
+        ),
+        (lambda path, tmp: torch.save([torch.zeros(1)], path), "flat mapping of names to tensors"),
+        (
+            lambda path, tmp: path.write_bytes(pickle.dumps({"x": _Payload(tmp / "marker")}, protocol=2)),
+            "not a state dict that loads with weights_only=True",
+        ),
+        (
+            lambda path, tmp: torch.save({"x": _Payload(tmp / "marker")}, path),
+            r"references .*open, which is no tensor type and was not called",
+        ),
+    ],
+    ids=["text", "empty", "truncated-zip", "list", "pickle-with-code", "torch-save-with-code"],
+)
+def test_files_that_are_not_state_dicts_are_rejected_in_one_line(tmp_path, capsys, make, message):
+    checkpoint = tmp_path / "pytorch_model.bin"
+    make(checkpoint, tmp_path)
+    with pytest.raises(ConversionError, match=message) as error:
+        convert_checkpoint(checkpoint, tmp_path / "out")
+    assert str(error.value).startswith(str(checkpoint)) and "\n" not in str(error.value)
+    assert not (tmp_path / "marker").exists()  # weights_only: the pickle's code never ran
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_and_folder_checkpoint_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         convert_checkpoint(tmp_path / "absent.bin", tmp_path / "out")
+    with pytest.raises(IsADirectoryError, match=r"give the pytorch_model\.bin file itself"):
+        convert_checkpoint(tmp_path, tmp_path / "out")
+
+
+def _convert_cli(checkpoint, components, out, *extra):
+    arguments = ["--checkpoint", str(checkpoint), "--component-configs", str(components), "--out", str(out)]
+    return main(["convert", *arguments, *extra])
+
+
+def _contents(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_existing_output_is_replaced_only_with_overwrite(official, tmp_path, capsys):
+    _, checkpoint, components = official
+    out = tmp_path / "out"
+    assert _convert_cli(checkpoint, components, out) == 0
+    (out / "NOTES.md").write_text("my notes")
+    before = _contents(out)
+    capsys.readouterr()
+    assert _convert_cli(checkpoint, components, out, "--dtype", "bf16") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"output folder {out} exists and is not empty" in err and "--overwrite" in err
+    assert _contents(out) == before
+    assert _convert_cli(checkpoint, components, out, "--dtype", "bf16", "--overwrite") == 0
+    assert {p.dtype for p in XSamModel.from_pretrained(out).parameters()} == {torch.bfloat16}
+    assert (out / "NOTES.md").read_text() == "my notes"  # the user's file beside the model is kept
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging or old folder left
+
+
+def test_an_empty_output_folder_needs_no_overwrite(official, tmp_path):
+    _, checkpoint, components = official
+    (tmp_path / "out").mkdir()
+    assert _convert_cli(checkpoint, components, tmp_path / "out") == 0
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        convert_checkpoint(checkpoint, tmp_path / "file", component_configs=components)
+
+
+def test_stale_staging_of_a_killed_convert_is_removed_first(tmp_path):
+    stale = tmp_path / ".out-staging-0123abcd"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "notes.bin").write_text("not a checkpoint")
+    with pytest.raises(ConversionError):
+        convert_checkpoint(tmp_path / "notes.bin", tmp_path / "out")
+    assert not stale.exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_output(official, tmp_path, capsys, monkeypatch):
+    from xsam.modeling import serialization
+
+    _, checkpoint, components = official
+    out = tmp_path / "out"
+    assert _convert_cli(checkpoint, components, out) == 0
+    before = _contents(out)
+    capsys.readouterr()
+
+    def disk_full(path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(serialization, "write_safetensors", disk_full)
+    assert _convert_cli(checkpoint, components, out, "--overwrite") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"could not write {out}: no space left on the device" in err
+    assert _contents(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_stage_two_projectors_convert_as_a_partial_initialisation(official, tmp_path):

@@ -151,3 +151,17 @@ def test_load_state_dict_rejects_another_layout():
         SourceGroupedSampler([10, 20], 2, 4, 0, seed=1).load_state_dict(sampler.state_dict())
     with pytest.raises(ValueError, match="source_lengths"):
         SourceGroupedSampler([10, 21], 2, 2, 0, seed=1).load_state_dict(sampler.state_dict())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"position": None}, {"epoch": "1"}, {"position": True}, {"position": 99}, {"epoch": -1}],
+    ids=["no-position", "text-epoch", "bool-position", "position-past-the-end", "negative-epoch"],
+)
+def test_load_state_dict_rejects_a_damaged_state(damage):
+    """A damaged checkpoint must not resume somewhere arbitrary (or fail with a bare KeyError)."""
+    sampler = SourceGroupedSampler([10, 20], 2, 1, 0, seed=1)
+    state = {**sampler.state_dict(), **damage}
+    state = {key: value for key, value in state.items() if value is not None}
+    with pytest.raises(ValueError, match="sampler"):
+        SourceGroupedSampler([10, 20], 2, 1, 0, seed=1).load_state_dict(state)

@@ -2,6 +2,7 @@
 built on the records (reproducible per seed, epoch and index)."""
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from xsam.data import sources
 from xsam.data.samples import SampleTooLongError
 from xsam.data.sources import (
     READERS,
+    SKIPPED_RECORDS,
+    BadSampleError,
     DatasetSpec,
     RecordDataset,
     build_mixture,
@@ -197,6 +200,65 @@ def test_too_long_records_are_replaced_by_the_next_and_logged_once(tokenizer, mo
     monkeypatch.setattr(sources, "build_sample", always_too_long)
     with pytest.raises(SampleTooLongError, match="every one of the 2 records"):
         RecordDataset(records, CONFIG, tokenizer, train=False, source="coco")[0]
+
+
+def _truncated_copy(tmp_path: Path) -> Path:
+    """The COCO fixture with image 1 (record 0) cut to half its bytes, as a partial download leaves it."""
+    root = tmp_path / "data"
+    shutil.copytree(DATA / "coco", root / "coco")
+    image = root / "coco" / "images" / "000000000001.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    return root
+
+
+def test_a_bad_record_raises_naming_its_source_index_image_id_and_file(tmp_path, tokenizer):
+    root = _truncated_copy(tmp_path)
+    records = load_records(parse_dataset_spec(PANOPTIC), data_root=root)
+    dataset = RecordDataset(records, CONFIG, tokenizer, train=True, source="coco")
+    with pytest.raises(BadSampleError) as error:
+        dataset[0]
+    message = str(error.value)
+    assert "coco: record 0 (image_id 1" in message
+    assert str(root / "coco" / "images" / "000000000001.jpg") in message and "\n" not in message
+    assert dataset[1].meta["image_id"] == 2  # the good record still builds
+
+
+def test_bad_records_are_skipped_once_logged_and_listed_in_the_replacement(
+    tmp_path, tokenizer, monkeypatch, caplog
+):
+    """A truncated image (ImageError) and a malformed record (any other error) are both replaced by the
+    next good record when skipping; the replacement names what it replaced, for the loop to count."""
+    records = load_records(parse_dataset_spec(PANOPTIC), data_root=_truncated_copy(tmp_path))
+    dataset = RecordDataset(records, CONFIG, tokenizer, train=False, source="coco", skip_bad_samples=True)
+    with caplog.at_level(logging.WARNING, logger="xsam.data.sources"):
+        replaced, direct = dataset[0], dataset[1]
+        dataset[0]
+    assert _same(replaced, direct) and replaced.meta[SKIPPED_RECORDS] == [("coco", 0)]
+    assert SKIPPED_RECORDS not in direct.meta
+    warnings = [r.getMessage() for r in caplog.records if "record 0" in r.getMessage()]
+    assert len(warnings) == 1 and "000000000001.jpg" in warnings[0]
+
+    real = sources.build_sample
+
+    def malformed_second(record, *args, **kwargs):
+        if record is records[1]:
+            raise KeyError("segments_info")
+        return real(record, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "build_sample", malformed_second)
+    with pytest.raises(BadSampleError, match="every one of the 2 records is too long or bad"):
+        dataset[1]
+    dataset.skip_bad_samples = False
+    with pytest.raises(BadSampleError, match=r"record 1 .*KeyError: segments_info"):
+        dataset[1]
+
+
+def test_build_mixture_passes_skip_bad_samples_on(tokenizer):
+    specs = [parse_dataset_spec(PANOPTIC)]
+    _, datasets = build_mixture(specs, CONFIG, tokenizer, data_root=DATA, skip_bad_samples=True)
+    assert datasets["coco_panoptic"].skip_bad_samples
+    _, datasets = build_mixture(specs, CONFIG, tokenizer, data_root=DATA)
+    assert not datasets["coco_panoptic"].skip_bad_samples
 
 
 def test_a_dataset_holds_one_task(tokenizer):

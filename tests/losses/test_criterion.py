@@ -1,18 +1,18 @@
 """Segmentation loss: point sampling, Hungarian matching, the criterion and its random-call order.
 
-The parity tests at the end read ``train_*`` fixtures of the official implementation from
-``XSAM_PARITY_DIR`` (default ``<repo>/../shared/parity``) and are skipped when it is absent.
+The parity tests at the end read the training fixtures of the official implementation that the
+``index.json`` of ``XSAM_PARITY_DIR`` (default ``<repo>/../shared/parity``) lists, and are skipped, saying
+what is missing, when there are none.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from locations import PARITY_DIR
+from parity_support import fixture_params, load
 from xsam.losses import (
     RecordingRandom,
     ReplayRandom,
@@ -274,15 +274,7 @@ def test_matches_transformers_mask2former_loss_bit_for_bit(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ parity
-TRAIN_FIXTURES = sorted(path.stem for path in PARITY_DIR.glob("train_*.json"))
-
-
-def _load_train_fixture(name: str):
-    if not TRAIN_FIXTURES:
-        pytest.skip(f"no train_* parity fixtures in {PARITY_DIR} (set XSAM_PARITY_DIR)")
-    safetensors_torch = pytest.importorskip("safetensors.torch")
-    meta = json.loads((PARITY_DIR / f"{name}.json").read_text())
-    return meta, safetensors_torch.load_file(str(PARITY_DIR / f"{name}.safetensors"))
+TRAIN_FIXTURES = fixture_params("train", required_tensor="decoder_class_logits_all_stages")
 
 
 def _fixture_labels(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -293,9 +285,9 @@ def _fixture_labels(tensors: dict[str, torch.Tensor]) -> list[torch.Tensor]:
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("name", TRAIN_FIXTURES or ["train_missing"])
+@pytest.mark.parametrize("name", TRAIN_FIXTURES)
 def test_seeded_generator_regenerates_official_draws(name):
-    meta, tensors = _load_train_fixture(name)
+    meta, tensors = load(name)
     class_logits = tensors["decoder_class_logits_all_stages"]
     stages, samples, queries, _ = class_logits.shape
     mask_logits = torch.randn(stages, samples, queries, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -315,9 +307,9 @@ def test_seeded_generator_regenerates_official_draws(name):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("name", TRAIN_FIXTURES or ["train_missing"])
+@pytest.mark.parametrize("name", TRAIN_FIXTURES)
 def test_class_loss_matches_official_for_every_prediction(name):
-    meta, tensors = _load_train_fixture(name)
+    meta, tensors = load(name)
     class_logits = tensors["decoder_class_logits_all_stages"]
     targets = [(labels, None) for labels in _fixture_labels(tensors)]
     criterion = SegmentationCriterion()

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parity_support import AVAILABLE, SKIP_REASON, load
+from parity_support import fixture_params, load
 from xsam.processing import Frame, restore_prompt_masks
 from xsam.tasks import gcg as gcg_module
 from xsam.tasks import mask_classification as post
@@ -555,14 +555,16 @@ def _full_logits_of_selected(tensors: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @pytest.mark.parity
-@pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
 @pytest.mark.parametrize(
-    ("name", "key"), [("task_refseg_coffee", "refseg"), ("task_reaseg_astronaut", "reaseg")]
+    "name",
+    fixture_params("tasks", task="refseg", required_tensor="selected_queries")
+    + fixture_params("tasks", task="reaseg", required_tensor="selected_queries"),
 )
-def test_referring_reproduces_the_official_map(name, key):
+def test_referring_reproduces_the_official_map(name):
     # Uses the official logits; the chosen query is one of the stored full-resolution ones (the NaN
     # filler of the others would poison any result that touched them).
     meta, tensors = load(name)
+    key = meta["task"]
     class_logits, mask_logits = _full_logits_of_selected(tensors)
     frame = Frame(tuple(meta["image_size_hw"]), tuple(meta["sam_scaled_size_hw"]), 1024)
     result = referring(class_logits, mask_logits, frame)
@@ -571,9 +573,11 @@ def test_referring_reproduces_the_official_map(name, key):
 
 
 @pytest.mark.parity
-@pytest.mark.skipif(not AVAILABLE, reason=SKIP_REASON)
-def test_restored_prompt_mask_matches_the_official_interactive_prompt():
-    meta, tensors = load("task_intseg_astronaut")
+@pytest.mark.parametrize(
+    "name", fixture_params("tasks", task="intseg", required_tensor="vprompt_masks_1024_nonzero")
+)
+def test_restored_prompt_mask_matches_the_official_interactive_prompt(name):
+    meta, tensors = load(name)
     coordinates = tensors["vprompt_masks_1024_nonzero"].long()
     canvas = torch.zeros(int(coordinates[:, 0].max()) + 1, 1024, 1024)
     canvas[coordinates[:, 0], coordinates[:, 1], coordinates[:, 2]] = 1

@@ -4,11 +4,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,7 +64,7 @@ def test_help_lists_the_data_formats(capsys):
     [
         (["--data", "cocoo:json=a"], "unknown dataset format 'cocoo'"),
         (["--data", "coco_panoptic:annotations=a.json"], "missing required key"),
-        (["--data", PANOPTIC, "--init", "no/such/dir"], "config.json not found"),
+        (["--data", PANOPTIC, "--init", "no/such/dir"], "--init no/such/dir: no such folder"),
         (["--data", PANOPTIC, "--data", PANOPTIC], "repeated: coco_panoptic"),
         (["--data", PANOPTIC, "--lr-multiplier", "connector:2"], "--lr-multiplier expects KEY=VALUE"),
     ],
@@ -251,3 +255,299 @@ def test_accelerate_configs_parse(name, distributed_type):
 
     loaded = load_config_from_file(str(path))
     assert str(loaded.distributed_type).endswith(distributed_type)
+
+
+# ------------------------------------------------------------------------------------ bad samples
+def _truncated_data(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the fixtures whose image 1 lost the second half of its bytes; (data root, that file)."""
+    root = tmp_path / "data"
+    shutil.copytree(DATA / "coco", root / "coco")
+    image = root / "coco" / "images" / "000000000001.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    return root, image
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_truncated_image_stops_the_run_with_a_message_naming_it(tmp_path, capsys, one_thread, workers):
+    root, image = _truncated_data(tmp_path)
+    argv = ["train", "--stage", "mixed_finetune", "--data", PANOPTIC, "--output", str(tmp_path / "run")]
+    argv += ["--max-steps", "4", *FAST, "--data-root", str(root), "--num-workers", str(workers)]
+    assert main(argv) == 2
+    stderr = capsys.readouterr().err
+    # one line, also from a worker process (whose error arrives with its traceback)
+    (error,) = [line for line in stderr.splitlines() if "cannot be built" in line]
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr
+    assert "coco_panoptic: record 0 (image_id 1" in error and str(image) in error
+    assert "truncated" in error
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_skip_bad_samples_finishes_and_counts_the_skipped_image(tmp_path, capsys, one_thread):
+    root, _ = _truncated_data(tmp_path)
+    output = tmp_path / "run"
+    argv = ["train", "--stage", "mixed_finetune", "--data", PANOPTIC, "--output", str(output)]
+    argv += ["--max-steps", "4", *FAST, "--data-root", str(root), "--skip-bad-samples"]
+    assert main(argv) == 0
+    assert "skipped 1 bad sample(s) (coco_panoptic: 1)" in capsys.readouterr().out
+    records = _read_log(output)
+    steps = [record for record in records if "step" in record]
+    assert steps[-1]["skipped_samples"] == {"coco_panoptic": 1}  # counted once, though met every epoch
+    assert {"skipped_samples": {"coco_panoptic": 1}} in records
+    XSamModel.from_pretrained(output / "final")
+
+
+# ------------------------------------------------------------------------------------- run folder
+RUN = ["train", "--stage", "mixed_finetune", "--data", PANOPTIC]
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime_ns for path in sorted(folder.rglob("*"))}
+
+
+def test_a_non_empty_output_is_refused_without_resume_or_overwrite(tmp_path, capsys, one_thread):
+    output = tmp_path / "run"
+    argv = [*RUN, "--output", str(output), *FAST]
+    assert main([*argv, "--max-steps", "2", "--save-every", "1"]) == 0
+    before = _listing(output)
+    assert main([*argv, "--max-steps", "1"]) == 2
+    error = capsys.readouterr().err
+    assert f"--output {output} is not empty" in error and "--resume" in error and "--overwrite" in error
+    assert _listing(output) == before  # nothing written, removed or appended
+
+    (output / "notes.txt").write_text("mine")
+    assert main([*argv, "--max-steps", "1", "--overwrite"]) == 0
+    assert "removed checkpoints/, final/, log.jsonl" in capsys.readouterr().out
+    assert (output / "notes.txt").read_text() == "mine"  # only the run's own files go
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == ["step-00000001"]
+    assert [record["step"] for record in _read_log(output) if "step" in record] == [1]
+
+
+def test_resume_starts_afresh_in_an_empty_folder_and_refuses_one_without_a_checkpoint(
+    tmp_path, capsys, one_thread
+):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*RUN, "--output", str(empty), *FAST, "--max-steps", "1", "--resume"]) == 0
+    assert (empty / "final").is_dir()
+    started = tmp_path / "started"  # killed before its first checkpoint
+    started.mkdir()
+    (started / "log.jsonl").write_text('{"step": 1}\n')
+    assert main([*RUN, "--output", str(started), *FAST, "--max-steps", "1", "--resume"]) == 2
+    assert "holds no complete checkpoint (log.jsonl)" in capsys.readouterr().err
+    file = tmp_path / "file"
+    file.write_text("")
+    assert main([*RUN, "--output", str(file), *FAST, "--max-steps", "1"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*RUN, "--output", str(empty), *FAST, "--resume", "--overwrite"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_keep_last_keeps_the_newest_checkpoints(tmp_path, one_thread):
+    output = tmp_path / "run"
+    argv = [*RUN, "--output", str(output), *FAST, "--max-steps", "5", "--save-every", "1"]
+    assert main([*argv, "--keep-last", "2"]) == 0
+    assert sorted(path.name for path in (output / "checkpoints").iterdir()) == [
+        "step-00000004",
+        "step-00000005",
+    ]
+
+
+# ---------------------------------------------------------------------------- damaged checkpoints
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A 2-step run with checkpoints at steps 1 and 2 (tests copy it before damaging it)."""
+    output = tmp_path_factory.mktemp("finished") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert main([*RUN, "--output", str(output), *FAST, "--max-steps", "2", "--save-every", "1"]) == 0
+    torch.set_num_threads(threads)
+    return output
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero_the_middle(path: Path) -> None:
+    """Same size, damaged content: the size check cannot see it."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4 : len(data) // 2] = bytes(len(data) // 2 - len(data) // 4)
+    path.write_bytes(bytes(data))
+
+
+def _write_safetensors_half(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(64)}, str(path.with_name("model.safetensors")))
+    _truncate(path.with_name("model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("pytorch_model.bin", _truncate, "truncated"),
+        ("optimizer.bin", _truncate, "truncated"),
+        ("scheduler.bin", _truncate, "truncated"),
+        ("random_states_0.pkl", _truncate, "truncated"),
+        ("random_states_0.pkl", _zero_the_middle, "corrupt"),
+        ("random_states_0.pkl", Path.unlink, "missing"),
+        ("trainer_state.json", lambda path: path.write_text('{"step": 2, "samp'), "corrupt"),
+        ("model.safetensors", _write_safetensors_half, "truncated or corrupt"),
+    ],
+    ids=[
+        "model",
+        "optimizer",
+        "scheduler",
+        "rng-truncated",
+        "rng-zeroed",
+        "rng-missing",
+        "json",
+        "safetensors",
+    ],
+)
+def test_a_damaged_checkpoint_is_an_error_naming_the_file(
+    tmp_path, capsys, finished_run, name, damage, message
+):
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    target = output / "checkpoints" / "step-00000002" / name
+    damage(target)
+    before = _listing(output)
+    assert main([*RUN, "--output", str(output), *FAST, "--max-steps", "3", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert str(target) in error and message in error, error
+    assert _listing(output) == before  # the damaged run is left as it was
+
+
+def test_a_checkpoint_zeroed_in_place_is_an_error_naming_the_file(tmp_path, capsys, finished_run):
+    """Blocks of zeros of the right size (a power loss before the data reached the disk): torch.load
+    would read them as weights; the zip records' CRCs catch them."""
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    target = output / "checkpoints" / "step-00000002" / "pytorch_model.bin"
+    _zero_the_middle(target)
+    assert main([*RUN, "--output", str(output), *FAST, "--max-steps", "3", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert str(target) in error and "corrupt" in error, error
+
+
+def test_resuming_with_another_batch_size_is_an_error_that_changes_nothing(tmp_path, capsys, finished_run):
+    output = tmp_path / "run"
+    shutil.copytree(finished_run, output)
+    before = _listing(output)
+    argv = [*RUN, "--output", str(output), *FAST, "--max-steps", "3", "--resume", "--batch-size", "2"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "trainer_state.json: sampler state has batch_size_per_device=1, this sampler 2" in error
+    assert _listing(output) == before
+
+
+# --------------------------------------------------------------------------------------- --init
+@pytest.fixture
+def init_model(tmp_path) -> Path:
+    directory = tmp_path / "init"
+    XSamModel(XSamConfig.tiny()).save_pretrained(directory)
+    return directory
+
+
+def test_a_truncated_init_model_is_a_one_line_error(tmp_path, capsys, init_model):
+    (weights,) = init_model.glob("*.safetensors")
+    _truncate(weights)
+    output = tmp_path / "run"
+    assert main([*RUN, "--output", str(output), *FAST, "--max-steps", "1", "--init", str(init_model)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"cannot load the model {init_model}" in error and "\n" not in error
+    assert not output.exists()  # nothing was started
+
+
+def test_a_corrupt_init_config_is_a_one_line_error(tmp_path, capsys, init_model):
+    (init_model / "config.json").write_text("{")
+    assert main([*RUN, "--output", str(tmp_path / "run"), *FAST, "--init", str(init_model)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"--init {init_model}: cannot read the model" in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("flag", "text"),
+    [
+        ("--seed", "-1"),
+        ("--seed", str(2**32)),
+        ("--epochs", "0"),
+        ("--epochs", "inf"),
+        ("--epochs", "nan"),
+        ("--num-workers", "-1"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--keep-last", "0"),
+    ],
+)
+def test_out_of_range_numbers_are_argument_errors(tmp_path, capsys, flag, text):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*RUN, "--output", str(tmp_path), *FAST, flag, text])
+    assert exit_info.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_an_unknown_or_missing_tracker_is_an_error(tmp_path, capsys):
+    assert main([*RUN, "--output", str(tmp_path / "a"), *FAST, "--log-with", "nosuch"]) == 2
+    assert "Unsupported logging capability: nosuch" in capsys.readouterr().err
+    if importlib.util.find_spec("tensorboard") is None:
+        assert main([*RUN, "--output", str(tmp_path / "b"), *FAST, "--log-with", "tensorboard"]) == 2
+        assert "--log-with tensorboard: the tracker's package is not installed" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- exact resume
+def _train_command(output: Path, *extra: str) -> list[str]:
+    argv = ["train", "--stage", "mixed_finetune", "--data", PANOPTIC, "--output", str(output)]
+    argv += ["--max-steps", "8", "--save-every", "3", "--seed", "7", "--log-every", "1000", *FAST]
+    return [sys.executable, "-m", "xsam.cli", *argv, *extra]
+
+
+def _deterministic_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _kill_after_a_checkpoint(command: list[str], output: Path) -> int:
+    """Start ``command``; SIGKILL it once a checkpoint exists and a later step is logged; return the
+    step of the newest checkpoint at the kill."""
+    process = subprocess.Popen(command, cwd=ROOT, env=_deterministic_env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            saved = sorted((output / "checkpoints").glob("step-*"))
+            logged = (output / "log.jsonl").read_text().count("\n") if saved else 0
+            if saved and logged > int(saved[-1].name.removeprefix("step-")):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return int(sorted((output / "checkpoints").glob("step-*"))[-1].name.removeprefix("step-"))
+            time.sleep(0.005)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    raise AssertionError(f"the run was not killed between checkpoints: {process.stderr.read()[-2000:]}")
+
+
+def _comparable_log(output: Path) -> list[dict]:
+    """The log without wall-clock fields."""
+    return [{k: v for k, v in record.items() if k != "samples_per_s"} for record in _read_log(output)]
+
+
+def test_a_run_killed_between_checkpoints_resumes_bit_identically(tmp_path, one_thread):
+    """SIGKILL after a checkpoint and a later logged step, then ``--resume``: the final parameters and the
+    whole log (but wall-clock rates) equal those of an uninterrupted run (in this process: one fewer
+    start-up). The resumed run must not draw from the restored RNG when it creates its data iterator,
+    and must cut the log back to its checkpoint."""
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    resume_step = _kill_after_a_checkpoint(_train_command(killed), killed)
+    assert not (killed / "final").exists()
+    resumed = subprocess.run(
+        _train_command(killed, "--resume"), cwd=ROOT, env=_deterministic_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert f"at step {resume_step}" in resumed.stdout
+    assert main(_train_command(full)[3:]) == 0
+    expected, got = XSamModel.from_pretrained(full / "final"), XSamModel.from_pretrained(killed / "final")
+    for (name, want), (_, have) in zip(expected.state_dict().items(), got.state_dict().items(), strict=True):
+        assert torch.equal(have, want), name
+    assert _comparable_log(killed) == _comparable_log(full)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,8 +31,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not 0 < value < math.inf:  # inf and nan pass float() but no command
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
     return value
 
 
@@ -53,13 +55,45 @@ def key_values(items: Sequence[str] | None, flag: str, convert: Callable[[str], 
 
 
 def load_model(model: str, dtype: str, device: Any) -> XSamModel:
-    """The model directory (or ``default``) in ``dtype`` (``fp32`` / ``bf16``) on ``device``."""
+    """The model directory (or ``default``) in ``dtype`` (``fp32`` / ``bf16``) on ``device``.
+
+    Raises:
+        ValueError: ``device`` is not a torch device, or one this machine does not have.
+    """
     import torch
 
     from ..modeling.xsam import XSamModel
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    return XSamModel.from_pretrained(model, dtype=torch_dtype, device=device)
+    return XSamModel.from_pretrained(model, dtype=torch_dtype, device=available_device(device))
+
+
+def available_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` that exists here (``--device``), or a ValueError saying why not."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device}: not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device}: CUDA is not available (torch {torch.__version__}); use --device cpu"
+        )
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+    return resolved
+
+
+def output_folder(path: str) -> Path:
+    """``--out``: a folder, created if needed (a NotADirectoryError when a file is in the way)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--out {folder} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 DATA_FORMATS, BENCHMARKS, SCORE_NAMES = "{data formats}", "{benchmarks}", "{score names}"

@@ -11,7 +11,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="convert a released X-SAM checkpoint (pytorch_model.bin) to an xsam-torch directory",
         description=(
             "Convert an official X-SAM pytorch_model.bin (stage 1, 2 or 3) into a directory that "
-            "XSamModel.from_pretrained loads. The file is read with weights_only=True and mmap."
+            "XSamModel.from_pretrained loads. The file is read with weights_only=True and mmap. An "
+            "existing --out is replaced only with --overwrite, and atomically: the old model stays "
+            "intact until the new one is complete."
         ),
     )
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="official pytorch_model.bin")
@@ -20,6 +22,11 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     configs.add_argument("--component-configs", metavar="JSON", help="one JSON holding the component configs")
     parser.add_argument("--tokenizer", metavar="DIR", help="Phi-3 tokenizer folder (default: bundled copy)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing, non-empty --out (atomically; other files in it are kept)",
+    )
     parser.add_argument("--dtype", choices=["bf16", "fp32"], help="cast weights (default: as stored)")
     return parser
 
@@ -34,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         component_configs=args.component_configs,
         tokenizer=args.tokenizer,
         dtype=args.dtype,
+        overwrite=args.overwrite,
     )
     print(f"wrote {args.out}: {len(result.state)} tensors")
     if result.missing_modules:

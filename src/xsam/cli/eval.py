@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .common import BENCHMARKS, DTYPES, LazyHelpFormatter, key_values, load_model, positive
 
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from ..distributed import finish_processes
-    from ..eval.evaluate import evaluate_benchmark, suite_summary, write_results
+    from ..eval.evaluate import suite_summary
     from ..inference.predictor import XSamPredictor
 
     state = PartialState()
@@ -82,29 +83,46 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--path applies to one benchmark at a time")
     predictor = XSamPredictor(load_model(args.model, args.dtype, args.device or state.device))
     results = []
-    for benchmark in benchmarks:
-        try:
-            result = evaluate_benchmark(
-                predictor,
-                benchmark,
-                data_root=args.data_root,
-                paths=paths,
-                limit=args.limit,
-                out_dir=args.out,
-                save_predictions=args.save_predictions,
-                max_new_tokens=args.max_new_tokens,
-            )
-        except (FileNotFoundError, ValueError) as error:  # say which benchmark failed
-            raise type(error)(f"{benchmark.name}: {error}") from error
-        results.append(result)
-        if state.is_main_process:
-            shown = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
-            print(f"{benchmark.name} ({result.num_samples} samples): {shown}")
+    try:
+        for benchmark in benchmarks:
+            results.append(_run_one(predictor, benchmark, args, paths))
+    except (FileNotFoundError, ValueError) as error:  # keep what finished, and say which one failed
+        if results and state.is_main_process:
+            written = _write(results, args, None)
+            print(f"wrote the {len(results)} finished benchmark(s) to {written['results.json']}")
+        raise type(error)(f"{benchmark.name}: {error}") from error
     if state.is_main_process:
         summary = suite_summary(suite, results) if suite is not None else None
-        written = write_results(results, args.out, model=str(args.model), summary=summary)
+        written = _write(results, args, summary)
         if summary is not None:
             print(", ".join(f"{key} {100 * value:.2f}" for key, value in summary.items()) + " (%)")
         print(f"results: {written['results.json']} and {written['results.md']}")
     finish_processes()
     return 0
+
+
+def _run_one(predictor: Any, benchmark: Any, args: argparse.Namespace, paths: dict[str, str]) -> Any:
+    from accelerate import PartialState
+
+    from ..eval.evaluate import evaluate_benchmark
+
+    result = evaluate_benchmark(
+        predictor,
+        benchmark,
+        data_root=args.data_root,
+        paths=paths,
+        limit=args.limit,
+        out_dir=args.out,
+        save_predictions=args.save_predictions,
+        max_new_tokens=args.max_new_tokens,
+    )
+    if PartialState().is_main_process:
+        shown = ", ".join(f"{key} {value:.4f}" for key, value in result.metrics.items())
+        print(f"{benchmark.name} ({result.num_samples} samples): {shown}")
+    return result
+
+
+def _write(results: list, args: argparse.Namespace, summary: dict[str, float] | None) -> dict:
+    from ..eval.evaluate import write_results
+
+    return write_results(results, args.out, model=str(args.model), summary=summary)

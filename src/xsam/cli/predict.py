@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from .common import DTYPES, load_model
+from ..processing import DEFAULT_MAX_PIXELS
+from .common import DTYPES, load_model, output_folder, positive
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-TASKS = ("generic", "open_vocab", "referring", "reasoning", "gcg", "interactive", "vgd", "chat")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+TASKS = ("auto", "generic", "open_vocab", "referring", "reasoning", "gcg", "interactive", "vgd", "chat")
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
@@ -66,7 +68,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="run every task on the bundled example images (no --image / --task); writes examples.png",
     )
     parser.add_argument("--image", metavar="PATH", help="an image file or a folder of images")
-    parser.add_argument("--task", choices=TASKS)
+    parser.add_argument(
+        "--task", choices=TASKS, help="the task, or auto: chosen from the prompt (see docs/inputs.md)"
+    )
     parser.add_argument("--text", help="expression (referring), query (reasoning) or message (chat)")
     parser.add_argument(
         "--categories", help="generic/open_vocab classes, e.g. 'ins: person, dog; sem: sky, grass'"
@@ -88,10 +92,23 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--mask", action="append", metavar="PNG", help="mask prompt, white = region (repeatable)"
     )
     parser.add_argument("--threshold", type=float, help="score threshold (default: the task's demo setting)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation budget (gcg, chat)")
+    parser.add_argument("--max-new-tokens", type=positive, default=512, help="generation budget (gcg, chat)")
     parser.add_argument("--out", default="xsam-predictions", metavar="DIR", help="output folder")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype")
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.add_argument(
+        "--no-exif-orientation",
+        action="store_true",
+        help="keep the stored pixel frame instead of applying the EXIF orientation (coordinates and masks "
+        "are in the frame used)",
+    )
     return parser
 
 
@@ -107,30 +124,46 @@ def _images(path: str) -> list[Path]:
     return [source]
 
 
-def _mask_prompts(paths: list[str] | None) -> Any:
+def _mask_prompts(paths: list[str] | None, policy: Any) -> Any:
+    """``--mask`` images as ``(N, H, W)`` bool (white = region), read with the images' policy."""
     import numpy as np
-    from PIL import Image
+
+    from ..processing import load_image
 
     if not paths:
         return None
-    return np.stack([np.asarray(Image.open(path).convert("L")) > 128 for path in paths])
+    masks = [np.asarray(load_image(path, policy=policy).convert("L")) > 128 for path in paths]
+    if len({mask.shape for mask in masks}) > 1:
+        raise ValueError(f"--mask images differ in size: {[mask.shape[::-1] for mask in masks]}")
+    return np.stack(masks)
+
+
+def output_names(images: list[Path], task: str) -> dict[Path, str]:
+    """``<stem>_<task>`` per image; images sharing a stem (``a.jpg``, ``a.png``) keep their suffix in
+    the name (``a_jpg_<task>``), so no two images write to the same files."""
+    stems = [path.stem for path in images]
+    return {
+        path: f"{path.stem}_{path.suffix.lstrip('.').lower()}_{task}"
+        if stems.count(path.stem) > 1
+        else f"{path.stem}_{task}"
+        for path in images
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..inference.predictor import XSamPredictor
+    from ..processing import ImagePolicy
 
     if args.examples:
         return _run_examples(args)
     missing = [flag for flag, value in (("--image", args.image), ("--task", args.task)) if value is None]
     if missing:
         raise ValueError(f"{' and '.join(missing)} required (or --examples)")
+    policy = ImagePolicy(max_pixels=args.max_image_pixels, exif_transpose=not args.no_exif_orientation)
     images = _images(args.image)
-    masks = _mask_prompts(args.mask)
-    predictor = XSamPredictor(load_model(args.model, args.dtype, args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     request = {
         "task": args.task,
         "text": args.text,
@@ -138,31 +171,39 @@ def run(args: argparse.Namespace) -> int:
         "points": args.point,
         "boxes": args.box,
         "scribbles": args.scribble,
-        "masks": masks,
+        "masks": _mask_prompts(args.mask, policy),
         "threshold": args.threshold,
         "max_new_tokens": args.max_new_tokens,
     }
+    predictor = XSamPredictor(load_model(args.model, args.dtype, args.device), image_policy=policy)
+    names, failures = output_names(images, args.task), []
     for path in tqdm(images, desc="images", disable=len(images) == 1):
-        predictor.set_image(path)
         try:
+            predictor.set_image(path)
             prediction = predictor.predict(**request)
-        except ValueError as error:
-            raise ValueError(f"{path.name}: {error}") from error
-        name = f"{path.stem}_{args.task}"
-        _write(out, name, predictor, prediction, {"image": str(path)}, path.stem)
+        except (ValueError, FileNotFoundError) as error:
+            if len(images) == 1:
+                raise
+            failures.append(f"{path.name}: {error}")
+            print(f"skipped {path.name}: {error}", file=sys.stderr)
+            continue
+        _write(out, names[path], predictor, prediction, {"image": str(path)}, path.stem)
         summary = prediction.text if prediction.text else f"{len(prediction.masks)} masks"
-        print(f"{path.name}: {summary} -> {out / name}.{{png,json}}")
+        print(f"{path.name}: {summary} -> {out / names[path]}.{{png,json}}")
+    if failures:
+        raise ValueError(f"{len(failures)} of {len(images)} images failed: " + "; ".join(failures))
     return 0
 
 
 def _write(out: Path, name: str, predictor: Any, prediction: Any, header: dict, image_id: str) -> Any:
-    """The overlay PNG and the JSON of one prediction; returns the overlay."""
+    """The overlay PNG and the JSON of one prediction, each written atomically; returns the overlay."""
     from ..inference.visualize import overlay
+    from ..processing import png_bytes, write_atomically
 
     drawn = overlay(predictor.image, prediction)
-    drawn.save(out / f"{name}.png")
+    write_atomically(out / f"{name}.png", png_bytes(drawn))
     record = {**header, **prediction.to_dict(image_id=image_id)}
-    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    write_atomically(out / f"{name}.json", json.dumps(record, indent=1))
     return drawn
 
 
@@ -170,11 +211,11 @@ def _run_examples(args: argparse.Namespace) -> int:
     """Every task on the bundled example images: one overlay + JSON per prompt and examples.png."""
     from ..inference.predictor import XSamPredictor
     from ..inference.visualize import contact_sheet
+    from ..processing import png_bytes, write_atomically
 
     examples = json.loads((EXAMPLES / "examples.json").read_text())["examples"]
     predictor = XSamPredictor(load_model(args.model, args.dtype, args.device))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     panels = []
     for example in examples:
         path = EXAMPLES / example["image"]
@@ -188,7 +229,7 @@ def _run_examples(args: argparse.Namespace) -> int:
             )
             summary = prediction.text if prediction.text else f"{len(prediction.masks)} masks"
             print(f"{name}: {summary}")
-    contact_sheet(panels).save(out / "examples.png")
+    write_atomically(out / "examples.png", png_bytes(contact_sheet(panels)))
     print(f"wrote {len(panels)} overlays and {out / 'examples.png'}")
     return 0
 

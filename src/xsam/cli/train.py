@@ -9,6 +9,29 @@ from ..config import PRESETS
 from .common import DATA_FORMATS, LazyHelpFormatter, key_values, positive, positive_float
 
 STAGES = ("seg_finetune", "align_pretrain", "mixed_finetune")
+MAX_SEED = 2**32 - 1  # NumPy's global seed (set by accelerate's set_seed) takes 32 bits
+
+
+def _seed(text: str) -> int:
+    """An integer in 0..2**32-1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected 0 <= SEED <= {MAX_SEED}, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def _scale_range(text: str) -> tuple[float, float] | tuple[()]:
@@ -46,6 +69,15 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
         formatter_class=LazyHelpFormatter,
     )
+    _add_inputs(parser)
+    _add_loop_options(parser)
+    _add_run_folder_options(parser)
+    _add_preset_overrides(parser)
+    return parser
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """The stage, the data, the model to start from and the run folder."""
     parser.add_argument(
         "--stage", required=True, choices=STAGES, help="the stage preset (modules, rates, losses)"
     )
@@ -71,9 +103,22 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="config of a random model when --init is not given",
     )
     parser.add_argument("--data-root", metavar="DIR", help="folder that relative spec paths are joined to")
+    parser.add_argument(
+        "--skip-bad-samples",
+        action="store_true",
+        help="replace a sample that cannot be built (unreadable image, malformed record) by the next good "
+        "one of its source instead of stopping; each is logged, and the count per source is reported in "
+        "log.jsonl and at the end",
+    )
+
+
+def _add_loop_options(parser: argparse.ArgumentParser) -> None:
+    """Length, batching, precision, logging and seed of the loop."""
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=positive, metavar="N", help="optimisation steps")
-    length.add_argument("--epochs", type=float, metavar="E", help="passes over the mixture (default: 1)")
+    length.add_argument(
+        "--epochs", type=positive_float, metavar="E", help="passes over the mixture (default: 1)"
+    )
     parser.add_argument(
         "--batch-size", type=positive, default=4, metavar="N", help="samples per device per micro-batch"
     )
@@ -83,30 +128,56 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--gradient-checkpointing", action="store_true", help="recompute the LLM's activations in backward"
     )
     parser.add_argument(
-        "--save-every", type=positive, metavar="N", help="checkpoint period in steps (default: end only)"
-    )
-    parser.add_argument(
         "--log-every", type=positive, default=10, metavar="N", help="console logging period in steps"
     )
-    parser.add_argument("--seed", type=int, default=0, metavar="S")
-    _add_preset_overrides(parser)
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoint in --output"
+        "--seed", type=_seed, default=0, metavar="S", help="model init, data order and sampling (0..2^32-1)"
     )
     parser.add_argument(
-        "--num-workers", type=int, default=0, metavar="N", help="data-loader worker processes"
+        "--num-workers", type=_non_negative, default=0, metavar="N", help="data-loader worker processes"
     )
     parser.add_argument(
         "--log-with", metavar="TRACKER", help="an Accelerate tracker (tensorboard, wandb, ...)"
     )
-    return parser
+
+
+def _add_run_folder_options(parser: argparse.ArgumentParser) -> None:
+    """What happens to --output: a new run, a resumed one, or a replaced one; and its checkpoints."""
+    group = parser.add_argument_group("run folder and checkpoints (a non-empty --output needs one of these)")
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its latest checkpoint, exactly as if it had not stopped "
+        "(log.jsonl is cut back to the checkpoint); a missing or empty --output starts a new run, a "
+        "non-empty one without a checkpoint is an error",
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a non-empty --output after removing the previous run's checkpoints/, "
+        "final/ and log.jsonl (other files stay)",
+    )
+    group.add_argument(
+        "--save-every", type=positive, metavar="N", help="checkpoint period in steps (default: end only)"
+    )
+    group.add_argument(
+        "--keep-last",
+        type=positive,
+        metavar="N",
+        help="keep only the N newest checkpoints (default: all; each holds the optimizer state, "
+        "about 3x the model's size)",
+    )
 
 
 def _add_preset_overrides(parser: argparse.ArgumentParser) -> None:
     """Options that change the stage preset's recipe (a model trained from scratch needs them)."""
     group = parser.add_argument_group("overrides of the stage preset")
     group.add_argument(
-        "--lr", type=float, metavar="LR", help="base learning rate (default: the preset's, the release's)"
+        "--lr",
+        type=positive_float,
+        metavar="LR",
+        help="base learning rate (default: the preset's, the release's)",
     )
     group.add_argument(
         "--decay",
@@ -167,18 +238,58 @@ def _stage(args: argparse.Namespace):
     return stage_preset(args.stage, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def run(args: argparse.Namespace) -> int:
+def _init_config_and_tokenizer(init: str | None, preset: str):
+    """The model config and tokenizer: of the --init folder when given, else of --preset.
+
+    Raises:
+        FileNotFoundError: the --init folder does not exist.
+        ValueError: its config or tokenizer cannot be read (the message names the folder).
+    """
     from ..config import XSamConfig
+    from ..modeling.pretrained import load_config, resolve_model_directory, tokenizer_directory
+    from ..tokens import load_tokenizer
+    from ..train.loop import one_line
+
+    if init is None:
+        config = XSamConfig.preset(preset)
+        return config, load_tokenizer(None, tokens=config.tokens)
+    if not resolve_model_directory(init).is_dir():
+        raise FileNotFoundError(f"--init {init}: no such folder")
+    try:
+        config = load_config(init)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # json and config errors of a damaged file
+        raise ValueError(f"--init {init}: cannot read the model config: {one_line(error)}") from error
+    tokenizer_folder = tokenizer_directory(init)
+    try:
+        return config, load_tokenizer(tokenizer_folder, tokens=config.tokens)
+    except Exception as error:  # the tokenizers library raises bare Exceptions for damaged files
+        raise ValueError(
+            f"--init {init}: cannot read the tokenizer in {tokenizer_folder}: {one_line(error)}"
+        ) from error
+
+
+def _preset_values(args: argparse.Namespace) -> dict:
+    """The loss options given on the command line (the others keep TrainArguments' defaults)."""
+    given = (
+        ("num_points", args.num_points),
+        ("class_weight", args.class_weight),
+        ("num_closed_set_classes", args.num_closed_set_classes),
+    )
+    return {name: value for name, value in given if value is not None}
+
+
+def run(args: argparse.Namespace) -> int:
     from ..data.samples import SampleOptions
     from ..data.sources import build_mixture, parse_dataset_spec
-    from ..modeling.pretrained import load_config, tokenizer_directory
-    from ..tokens import load_tokenizer
     from ..train.loop import TrainArguments, train
+    from ..train.run_folder import plan_run_folder
 
     stage = _stage(args)
     specs = [parse_dataset_spec(text) for text in args.data]
-    config = load_config(args.init) if args.init is not None else XSamConfig.preset(args.preset)
-    tokenizer = load_tokenizer(tokenizer_directory(args.init), tokens=config.tokens)
+    plan_run_folder(args.output, resume=args.resume, overwrite=args.overwrite)  # before reading any data
+    config, tokenizer = _init_config_and_tokenizer(args.init, args.preset)
     dataset, _ = build_mixture(
         specs,
         config,
@@ -188,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         options=SampleOptions(scale_range=stage.scale_jitter, closed_set=stage.closed_set),
         pad_to_square=stage.image_pad_to_square,
+        skip_bad_samples=args.skip_bad_samples,
     )
     arguments = TrainArguments(
         stage=stage,
@@ -205,17 +317,12 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         seed=args.seed,
         resume=args.resume,
+        overwrite=args.overwrite,
+        keep_last=args.keep_last,
+        skip_bad_samples=args.skip_bad_samples,
         num_workers=args.num_workers,
         log_with=args.log_with,
-        **{
-            name: value
-            for name, value in (
-                ("num_points", args.num_points),
-                ("class_weight", args.class_weight),
-                ("num_closed_set_classes", args.num_closed_set_classes),
-            )
-            if value is not None
-        },
+        **_preset_values(args),
     )
     print(f"wrote {train(arguments)}")
     return 0

@@ -7,8 +7,11 @@ missing or unknown keys reported by name.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,27 +107,85 @@ def _preview(keys: list[str], limit: int = 12) -> str:
 
 
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an official ``pytorch_model.bin`` safely (``weights_only``) and lazily (``mmap``)."""
+    """Read an official ``pytorch_model.bin`` safely (``weights_only``) and lazily (``mmap``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: ``path`` is a folder.
+        ConversionError: the file is empty, not a PyTorch checkpoint, a truncated archive, holds
+            Python objects other than tensors (never unpickled), or is not a flat name -> tensor map.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            # files in torch.save's legacy (pre-zip) format cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types; all mean "not a state dict"
-        raise ConversionError(
-            f"{path} is not a PyTorch state dict that loads with weights_only: {error}"
-        ) from error
+    _check_checkpoint_file(path)
+    state = _torch_load(path)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path} does not hold a flat mapping of names to tensors")
     return dict(state)
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only`` (no code from the file runs) and ``mmap`` where the format
+    allows; a failure becomes a one-line :class:`ConversionError`, and so do the warnings that come
+    with it (they are re-issued only when the file loads)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                # files in torch.save's legacy (pre-zip) format cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unpickling errors come in many types; all mean "not a state dict"
+            summary = _load_error_summary(error)
+            raise ConversionError(
+                f"{path} is not a state dict that loads with weights_only=True: {summary}"
+            ) from error
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return state
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_OPCODE = 0x80  # torch.save's legacy format is a pickle of protocol 2
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """Name the common wrong files from their first bytes, before torch's messages get a say."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the pytorch_model.bin file itself")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not head:
+        raise ConversionError(f"{path} is empty (0 bytes)")
+    if head == _ZIP_MAGIC:
+        if not zipfile.is_zipfile(path):  # the central directory sits at the end: gone when truncated
+            raise ConversionError(f"{path} is a truncated or damaged zip archive (incomplete download?)")
+    elif head[0] != _PICKLE_PROTOCOL_OPCODE:
+        raise ConversionError(
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle; "
+            f"it starts with {head!r})"
+        )
+
+
+def _load_error_summary(error: Exception) -> str:
+    """One line out of torch.load's many-line messages: the global it refused, or the unpickler's
+    own complaint."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours part of its advice
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it references {refused[1]}, which is no tensor type and was not called (no code in it ran)"
+    if isinstance(error, EOFError):
+        return "it ends early (truncated?)"
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = detail[1] if detail else (lines[0] if lines else "")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
 
 
 @dataclass
@@ -389,6 +450,7 @@ def convert_checkpoint(
     component_configs: str | Path | None = None,
     tokenizer: str | Path | None = None,
     dtype: str | None = None,
+    overwrite: bool = False,
 ) -> ConvertedState:
     """Convert an official ``pytorch_model.bin`` into a ``from_pretrained`` directory at ``out``.
 
@@ -397,36 +459,31 @@ def convert_checkpoint(
     bundled Phi-3 one) gets the X-SAM tokens and is saved beside the weights. Stage-1 and stage-2
     checkpoints convert to partial directories whose ``conversion.json`` names the missing modules;
     load them with ``XSamModel.from_pretrained(out, allow_missing=True)``.
+
+    An existing non-empty ``out`` is replaced only with ``overwrite``, and atomically: the old model
+    stays intact until the new one is complete, and files of the user's beside it are kept (see
+    :func:`~xsam.modeling.serialization.write_directory`). Staging folders ``.{name}-staging-*`` /
+    ``.{name}-old-*`` that a killed convert or save to ``out`` left beside it are removed first.
+
+    Raises:
+        FileExistsError: ``out`` exists, is not empty, and ``overwrite`` is false.
+        NotADirectoryError: ``out`` is a file.
+        ConversionError: the checkpoint is unreadable or does not fit the model, or writing ``out``
+            failed (a full disk, say); ``out`` is then left as it was.
     """
     from ..modeling.pretrained import config_dict
-    from ..modeling.serialization import tied_aliases, write_directory
+    from ..modeling.serialization import tied_aliases
     from ..modeling.xsam import XSamModel
     from ..tokens import load_tokenizer
 
     if inits is not None and component_configs is not None:
         raise ValueError("give --inits or --component-configs, not both")
     torch_dtype = parse_dtype(dtype)
+    _prepare_output(Path(out), overwrite=overwrite)
     official = load_official_checkpoint(checkpoint)
     stage = detect_stage(official)
     text_tokenizer = load_tokenizer(tokenizer)
-    if inits is not None:
-        components = ComponentConfigs.from_inits(inits)
-    elif component_configs is not None:
-        components = ComponentConfigs.from_json(component_configs)
-    else:
-        components = None
-    if components is None:
-        config = XSamConfig.official()
-        config.language_model.hf_config["vocab_size"] = len(text_tokenizer)
-        config.connector.hidden_dim = _connector_width(official) or config.connector.hidden_dim
-    else:
-        config = build_config(
-            components, vocab_size=len(text_tokenizer), connector_hidden_dim=_connector_width(official)
-        )
-    classifier = official.get("segmentor.class_predictor.weight")
-    if classifier is not None:
-        config.mask_decoder.num_closed_set_classes = int(classifier.shape[0]) - 1
-
+    config = _target_config(official, _components(inits, component_configs), vocab_size=len(text_tokenizer))
     with torch.device("meta"):
         model = XSamModel(config)
     aliases = tied_aliases(model)
@@ -443,6 +500,65 @@ def convert_checkpoint(
         text_tokenizer.save_pretrained(str(folder))
         (folder / "conversion.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    # the cast happens tensor by tensor while writing, so memory never holds a cast copy of the model
-    write_directory(out, converted.state, config_dict(config), extra_writer=write_extras, dtype=torch_dtype)
+    _write_output(Path(out), converted.state, config_dict(config), write_extras, torch_dtype)
     return converted
+
+
+def _prepare_output(out: Path, *, overwrite: bool) -> None:
+    """Clean up after a killed earlier convert, then refuse to replace a model unless asked to."""
+    from ..modeling.serialization import remove_stale_staging
+
+    remove_stale_staging(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
+
+
+def _components(inits: str | Path | None, component_configs: str | Path | None) -> ComponentConfigs | None:
+    if inits is not None:
+        return ComponentConfigs.from_inits(inits)
+    if component_configs is not None:
+        return ComponentConfigs.from_json(component_configs)
+    return None
+
+
+def _target_config(
+    official: Mapping[str, torch.Tensor], components: ComponentConfigs | None, *, vocab_size: int
+) -> XSamConfig:
+    """Our config for ``official``: the components' sizes (or the release's), the checkpoint's widths."""
+    if components is None:
+        config = XSamConfig.official()
+        config.language_model.hf_config["vocab_size"] = vocab_size
+        config.connector.hidden_dim = _connector_width(official) or config.connector.hidden_dim
+    else:
+        config = build_config(
+            components, vocab_size=vocab_size, connector_hidden_dim=_connector_width(official)
+        )
+    classifier = official.get("segmentor.class_predictor.weight")
+    if classifier is not None:
+        config.mask_decoder.num_closed_set_classes = int(classifier.shape[0]) - 1
+    return config
+
+
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _write_output(
+    out: Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    extra_writer: Callable[[Path], None],
+    dtype: torch.dtype | None,
+) -> None:
+    """Write ``out`` atomically; an operating-system failure while writing becomes one clear line."""
+    from ..modeling.serialization import write_directory
+
+    try:
+        # the cast happens tensor by tensor while writing, so memory never holds a cast copy of the model
+        write_directory(out, state, config, extra_writer=extra_writer, dtype=dtype)
+    except (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise  # these already name the path and reach the command line as they are
+    except OSError as error:
+        reason = "no space left on the device" if error.errno in _DISK_FULL else error.strerror or str(error)
+        raise ConversionError(f"could not write {out}: {reason}; {out} was left as it was") from error

@@ -211,13 +211,23 @@ class SourceGroupedSampler:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue a run; the index layout (seed, sizes, world size, batch size) must match."""
+        """Continue a run; the index layout (seed, sizes, world size, batch size) must match.
+
+        Raises:
+            ValueError: the state lacks ``epoch`` or ``position`` or holds non-integers there (a damaged
+                checkpoint), its layout differs from this sampler's, or the position is out of range.
+        """
         for key in ("seed", "world_size", "batch_size_per_device", "source_lengths", "drop_last"):
             mine = getattr(self, key)
             if key in state and state[key] != mine:
                 raise ValueError(f"sampler state has {key}={state[key]!r}, this sampler {mine!r}")
-        position = int(state["position"])
+        epoch, position = (state.get(key) for key in ("epoch", "position"))
+        # bool is an int subclass, but never a valid epoch or position
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in (epoch, position)):
+            raise ValueError(f"sampler state needs integer epoch, position, got {epoch!r}, {position!r}")
         if not 0 <= position <= len(self):
             raise ValueError(f"sampler position {position} outside 0..{len(self)}")
-        self.epoch = int(state["epoch"])
+        if epoch < 0:
+            raise ValueError(f"sampler epoch {epoch} is negative")
+        self.epoch = epoch
         self.position = position

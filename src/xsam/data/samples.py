@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import PIL_BILINEAR, XSamConfig
 from ..processing import (
+    STORED_FRAME,
     Frame,
     SamInput,
     SegmentationTarget,
@@ -163,9 +164,12 @@ def scale_jitter(
 ) -> tuple[Image.Image, np.ndarray]:
     """Stage-1 augmentation of the SAM view: random scale, centre crop, no flip (as Mask2Former's LSJ).
 
-    The image is resized to ``s`` times its longest-side-``target_size`` size, ``s ~ U(scale_range)``,
-    keeping the aspect ratio; each side longer than ``target_size`` is then cropped to ``target_size``
-    around the centre (offset ``(side - target_size) // 2``). Padding to the canvas is left to the caller.
+    With ``s ~ U(scale_range)``, the image is resized to fit a square of side ``target_size * s``
+    keeping its aspect ratio, rounding as the official stage-1 processor does: the side of the square
+    half up first, then each image side half up from the original size (so a 400 x 600 image at
+    ``s = 0.5`` becomes 341 x 512, not a rounded half of the plain 683 x 1024 view). Each side longer
+    than ``target_size`` is then cropped to ``target_size`` around the centre (offset
+    ``(side - target_size) // 2``). Padding to the canvas is left to the caller.
 
     Args:
         image: RGB image ``W x H``.
@@ -180,9 +184,8 @@ def scale_jitter(
     """
     if masks.ndim != 3 or masks.shape[1:] != (image.height, image.width):
         raise ValueError(f"masks must be (N, {image.height}, {image.width}), got {masks.shape}")
-    base_h, base_w = sam_scaled_size((image.height, image.width), target_size)
     scale = rng.uniform(*scale_range)
-    height, width = max(1, round(base_h * scale)), max(1, round(base_w * scale))
+    height, width = sam_scaled_size((image.height, image.width), max(1, int(target_size * scale + 0.5)))
     top, left = max(height - target_size, 0) // 2, max(width - target_size, 0) // 2
     box = (left, top, left + min(width, target_size), top + min(height, target_size))
     resized = image.resize((width, height), resample=Image.Resampling(resample)).crop(box)
@@ -233,7 +236,8 @@ def _check_structure(
 def _load_record_image(record: Record) -> Image.Image | None:
     if record.image_path is None:
         return None
-    image = load_image(record.image_path)
+    # the annotations are in the stored frame, so the EXIF orientation is not applied
+    image = load_image(record.image_path, policy=STORED_FRAME)
     size_known = record.height > 0 and record.width > 0  # LLaVA's JSON states no sizes (0 x 0)
     if size_known and (image.height, image.width) != (record.height, record.width):
         raise ValueError(

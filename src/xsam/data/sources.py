@@ -15,8 +15,9 @@ Values cannot contain commas.
 
 :class:`RecordDataset` turns records into :class:`~xsam.data.samples.Sample` objects with a random
 generator seeded by ``(seed, source, epoch, index)``, so a sample does not depend on which worker builds
-it nor on whether the run was resumed; :func:`build_mixture` puts several sources into one
-:class:`~xsam.data.mixture.MixtureDataset`.
+it nor on whether the run was resumed; a record that cannot be built raises :class:`BadSampleError` naming
+it (or, with ``skip_bad_samples``, is replaced by the next good one); :func:`build_mixture` puts several
+sources into one :class:`~xsam.data.mixture.MixtureDataset`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ from .mixture import MixtureDataset, is_valid_weight
 from .samples import Sample, SampleOptions, SampleTooLongError, build_sample
 
 logger = logging.getLogger(__name__)
+
+SKIPPED_RECORDS = "skipped_records"
+"""``Sample.meta`` key of a replacement sample: ``[(source, record index), ...]`` of the bad records that
+:class:`RecordDataset` skipped to reach it (absent when none was skipped)."""
 
 COMMON_KEYS = ("name", "root", "repeat")
 """Keys every format takes: the source's name, the folder its paths are relative to, and a factor on
@@ -315,6 +320,11 @@ def load_records(spec: DatasetSpec, *, data_root: Path | None = None) -> list[Re
     return records
 
 
+class BadSampleError(ValueError):
+    """A record whose sample cannot be built (unreadable image, malformed annotation, ...); the message
+    names the source, the record's index and ``image_id``, its image file and the underlying error."""
+
+
 class RecordDataset(Dataset):
     """Records of one task as :class:`~xsam.data.samples.Sample` objects, reproducibly randomised.
 
@@ -322,13 +332,17 @@ class RecordDataset(Dataset):
     ``(seed, source, e, i)``: the same in any worker and after resuming. Call :meth:`set_epoch` before
     iterating an epoch (with persistent DataLoader workers the workers keep their own copy, so recreate
     the iterator). A record whose text does not fit (:class:`~xsam.data.samples.SampleTooLongError`) is
-    replaced by the next index that fits (wrapping around), logged once per record.
+    replaced by the next index that fits (wrapping around), logged once per record. Any other error
+    building a record raises :class:`BadSampleError`; with ``skip_bad_samples`` the record is instead
+    replaced in the same way, logged once per record (and process), and the replacement's
+    ``meta[SKIPPED_RECORDS]`` lists the bad records passed over, so a training loop can count them.
 
     Args:
         records: at least one record, all of one task.
         config, tokenizer, train, options, pad_to_square: passed to :func:`~xsam.data.samples.build_sample`.
         seed: the run's data seed.
         source: the source name mixed into the seed (so equal indices of two sources differ).
+        skip_bad_samples: replace records that fail to build instead of raising.
 
     Raises:
         ValueError: no records, or records of several tasks (the message lists them).
@@ -345,6 +359,7 @@ class RecordDataset(Dataset):
         options: SampleOptions | None = None,
         pad_to_square: bool | None = None,
         source: str = "",
+        skip_bad_samples: bool = False,
     ) -> None:
         if not records:
             raise ValueError(f"RecordDataset {source!r} has no records")
@@ -359,9 +374,11 @@ class RecordDataset(Dataset):
         self.options = options
         self.pad_to_square = pad_to_square
         self.source = source
+        self.skip_bad_samples = skip_bad_samples
         self.epoch = 0
         self._task = tasks[0]
         self._reported_too_long: set[int] = set()
+        self._reported_bad: set[int] = set()
 
     @property
     def task(self) -> str:
@@ -388,21 +405,51 @@ class RecordDataset(Dataset):
             options=self.options,
         )
 
+    def bad_sample_error(self, index: int, error: Exception) -> BadSampleError:
+        """The error saying which record failed to build, where its image is, and why."""
+        record = self.records[index]
+        image = record.image_path if record.image_path is not None else "no image"
+        reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+        reason = " ".join(str(reason).split())  # one line, whatever the library wrote
+        return BadSampleError(
+            f"{self.source or 'dataset'}: record {index} (image_id {record.image_id!r}, image {image}) "
+            f"cannot be built: {type(error).__name__}: {reason}"
+        )
+
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} records")
         index %= len(self)
+        skipped: list[tuple[str, int]] = []
+        first_bad = ""
         for step in range(len(self)):
             candidate = (index + step) % len(self)
             try:
-                return self._build(candidate)
+                sample = self._build(candidate)
             except SampleTooLongError as error:
-                if candidate not in self._reported_too_long:
-                    self._reported_too_long.add(candidate)
-                    logger.warning(
-                        "%s: record %d skipped (replaced by the next): %s", self.source, candidate, error
-                    )
+                self._report_once(self._reported_too_long, candidate, str(error))
+                continue
+            except Exception as error:  # any failure of a record's data, not only ImageError
+                bad = self.bad_sample_error(candidate, error)
+                if not self.skip_bad_samples:
+                    raise bad from error
+                self._report_once(self._reported_bad, candidate, str(bad))
+                skipped.append((self.source, candidate))
+                first_bad = first_bad or str(bad)
+                continue
+            if skipped:
+                sample.meta[SKIPPED_RECORDS] = skipped
+            return sample
+        if skipped:
+            raise BadSampleError(
+                f"{self.source}: every one of the {len(self)} records is too long or bad; first: {first_bad}"
+            )
         raise SampleTooLongError(f"{self.source}: every one of the {len(self)} records is too long")
+
+    def _report_once(self, reported: set[int], index: int, reason: str) -> None:
+        if index not in reported:
+            reported.add(index)
+            logger.warning("%s: record %d skipped (replaced by the next): %s", self.source, index, reason)
 
 
 def build_mixture(
@@ -416,8 +463,10 @@ def build_mixture(
     ratio: float = 0.1,
     options: SampleOptions | None = None,
     pad_to_square: bool | None = None,
+    skip_bad_samples: bool = False,
 ) -> tuple[MixtureDataset, dict[str, RecordDataset]]:
-    """Read every source and mix them (square-root oversampling with ``ratio``), in ``specs`` order.
+    """Read every source and mix them (square-root oversampling with ``ratio``), in ``specs`` order;
+    ``skip_bad_samples`` is given to every :class:`RecordDataset`.
 
     Returns:
         The mixture and its datasets by source name (call ``set_epoch`` on each every epoch).
@@ -439,6 +488,7 @@ def build_mixture(
             options=options,
             pad_to_square=pad_to_square,
             source=spec.name,
+            skip_bad_samples=skip_bad_samples,
         )
         for spec in specs
     }

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..inference.predictor import XSamPredictor
+from ..processing import STORED_FRAME, load_image, write_atomically
 from ..tasks.base import EvalSample
 from ..tasks.registry import task_handler
 from .benchmarks import Benchmark, SuiteEntry, get_benchmark, resolve_paths
-from .evaluators import Evaluator, build_evaluator, write_text_atomically
+from .evaluators import Evaluator, build_evaluator
 
 UNITS = "fraction"
 """Every metric in the results is a fraction in [0, 1] (CIDEr on its own scale); tables show percent."""
@@ -132,7 +133,8 @@ def evaluate_benchmark(
     )
     for sample in bar:
         if sample.image_path != current_image:
-            predictor.set_image(sample.image_path)
+            # benchmark annotations are in the stored frame: no EXIF rotation, whatever the predictor's policy
+            predictor.set_image(load_image(sample.image_path, policy=STORED_FRAME))
             current_image = sample.image_path
         prediction = predictor.predict(**evaluator.request(sample))
         evaluator.update(sample, prediction)
@@ -185,7 +187,7 @@ def write_results(
     if summary is not None:
         table = summary_table(summary) + "\n\n" + table
     return {
-        name: write_text_atomically(out_dir / name, text + "\n")
+        name: write_atomically(out_dir / name, text + "\n")
         for name, text in (("results.json", json.dumps(payload, indent=2)), ("results.md", table))
     }
 

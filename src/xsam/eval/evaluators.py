@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..data.formats.coco import id_to_rgb
 from ..data.formats.json_fields import load_json
-from ..processing import encode_rle
+from ..processing import encode_rle, png_bytes, write_atomically
 from ..tasks.base import EvalSample, MaskTruth, Metric
 from ..tasks.prediction import Prediction
 from ..tasks.records import Record
@@ -86,22 +86,12 @@ class Evaluator:
         return task_handler(self.benchmark.task).score_threshold
 
 
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` beside ``path`` and rename it into place, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-    return path
-
-
 def _write_json(path: Path, value: Any) -> Path:
-    return write_text_atomically(path, json.dumps(value))
+    return write_atomically(path, json.dumps(value))
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    write_atomically(path, png_bytes(Image.fromarray(array)))
 
 
 def _category_table(record: Record) -> tuple[list[str], list[bool], list[Any]]:

@@ -26,12 +26,20 @@ from transformers import Cache, PreTrainedTokenizerBase
 
 from ..modeling.pretrained import tokenizer_directory
 from ..modeling.xsam import ImageFeatures, SegmentationOutput, XSamModel
-from ..processing import Frame, load_image, preprocess_masks, preprocess_sam, preprocess_siglip
-from ..tasks.base import Prompt, TaskHandler, TaskRequest
+from ..processing import (
+    Frame,
+    ImagePolicy,
+    load_image,
+    preprocess_masks,
+    preprocess_sam,
+    preprocess_siglip,
+)
+from ..tasks.base import Prompt, TaskHandler, TaskRequest, check_max_new_tokens, check_threshold
 from ..tasks.conversation import Turn, encode_conversation
 from ..tasks.generic import CategorySpec
 from ..tasks.prediction import Prediction
 from ..tasks.registry import task_handler
+from ..tasks.routing import AUTO, route, routed_prompt
 from ..tasks.task import Task
 from ..tokens import load_tokenizer
 
@@ -39,12 +47,48 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 
 @dataclass
-class _ImageState:
+class ImageEncoding:
+    """What :meth:`XSamPredictor.set_image` computes for one image, reusable with
+    :meth:`XSamPredictor.use` (a server keeps several): the image, its frame on the SAM canvas, the
+    encoders' features and the LLM's KV cache of the prefix ``[<s>, <|user|>, image tokens]``."""
+
     image: Image.Image
     frame: Frame
     features: ImageFeatures
-    cache: Cache | None  # the LLM's KV cache of the prefix
+    cache: Cache | None
     prefix_ids: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by its tensors (features and KV cache; the image itself not counted)."""
+        tensors = [self.features.llm_tokens, self.features.seg_token_map, self.features.mask_features]
+        tensors += list(self.features.multi_scale_features)
+        if self.cache is not None:
+            for layer in getattr(self.cache, "layers", []):
+                tensors += [
+                    t for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None
+                ]
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+class BatchPredictionError(ValueError):
+    """Some predictions of :meth:`XSamPredictor.predict_many` failed; the others are kept.
+
+    Attributes:
+        results: per image, per request: the prediction, or None where it failed.
+        failures: ``(image index, request index or None for the image itself, error)``.
+    """
+
+    def __init__(
+        self, results: list[list[Prediction | None]], failures: list[tuple[int, int | None, Exception]]
+    ) -> None:
+        self.results, self.failures = results, failures
+        shown = "; ".join(
+            f"image {image}{'' if number is None else f' request {number}'}: {error}"
+            for image, number, error in failures[:5]
+        )
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} prediction(s) failed: {shown}{more}")
 
 
 @dataclass
@@ -64,6 +108,8 @@ class XSamPredictor:
         tokenizer: default: the tokenizer saved in the model's directory, else the bundled Phi-3 one.
         use_cache: reuse the LLM's KV cache of the image prefix (exact; disable only to compare).
         seed: seeds the region sampler for prompts larger than its point budget.
+        image_policy: how images are read (pixel limit, EXIF orientation); see
+            :class:`~xsam.processing.ImagePolicy`.
     """
 
     def __init__(
@@ -73,6 +119,7 @@ class XSamPredictor:
         *,
         use_cache: bool = True,
         seed: int = 0,
+        image_policy: ImagePolicy | None = None,
     ) -> None:
         if tokenizer is None:
             tokenizer = load_tokenizer(tokenizer_directory(model.name_or_path), tokens=model.config.tokens)
@@ -80,8 +127,9 @@ class XSamPredictor:
         self.tokenizer = tokenizer
         self.use_cache = use_cache
         self.seed = seed
+        self.image_policy = image_policy or ImagePolicy()
         self.stats = PredictorStats()
-        self._state: _ImageState | None = None
+        self._state: ImageEncoding | None = None
         self._chat_history: list[Turn] = []
 
     # -------------------------------------------------------------------------------------- image
@@ -100,8 +148,10 @@ class XSamPredictor:
 
     @torch.inference_mode()
     def set_image(self, image: ImageLike) -> None:
-        """Load (path, PIL image or HWC uint8 array; any mode -> RGB), encode and cache one image."""
-        picture = load_image(image)
+        """Load (path, PIL image or HWC array; see :func:`~xsam.processing.load_image`), encode and
+        cache one image. The previous image is forgotten first, so a failure leaves no image set."""
+        self.reset_image()
+        picture = load_image(image, policy=self.image_policy)
         config = self.model.config
         siglip = preprocess_siglip(picture, config.image_encoder)[None]
         sam = preprocess_sam(picture, config.segmentation_encoder)
@@ -121,7 +171,17 @@ class XSamPredictor:
             )
             cache = self.model.prefill(sequence)
             self.stats.prefills += 1
-        self._state = _ImageState(picture, sam.frame, features, cache, prefix_ids)
+        self._state = ImageEncoding(picture, sam.frame, features, cache, prefix_ids)
+        self._chat_history = []
+
+    @property
+    def encoding(self) -> ImageEncoding | None:
+        """The current image's encoding (None before :meth:`set_image`)."""
+        return self._state
+
+    def use(self, encoding: ImageEncoding) -> None:
+        """Make an earlier encoding current again, without encoding anything; the chat restarts."""
+        self._state = encoding
         self._chat_history = []
 
     def reset_image(self) -> None:
@@ -142,7 +202,7 @@ class XSamPredictor:
         image_position = int((ids.input_ids == tokens.image_token_index).nonzero()[0])
         return ids.input_ids[: image_position + 1]
 
-    def _require_image(self) -> _ImageState:
+    def _require_image(self) -> ImageEncoding:
         if self._state is None:
             raise RuntimeError("no image is set: call set_image(image) before predict()")
         return self._state
@@ -163,11 +223,14 @@ class XSamPredictor:
         max_new_tokens: int = 512,
         is_sentence: bool | None = None,
         closed_set: bool = False,
+        history: Sequence[tuple[str, str]] | None = None,
     ) -> Prediction:
         """Answer one prompt about the current image.
 
         Args:
-            task: a :class:`~xsam.tasks.task.Task` or its value (``"generic"``, ``"referring"``, ...).
+            task: a :class:`~xsam.tasks.task.Task` or its value (``"generic"``, ``"referring"``, ...), or
+                ``"auto"``: chosen from what the prompt contains (:mod:`xsam.tasks.routing`); the
+                prediction's ``task`` says which.
             text: the expression (referring), query (reasoning) or message (chat).
             categories: generic / open-vocabulary classes: ``"ins: a, b; sem: c"`` (both -> panoptic,
                 only ``ins`` -> instance, only ``sem`` -> semantic), a list of names (instance), or a
@@ -177,7 +240,8 @@ class XSamPredictor:
             scribbles: polylines, each ``(K, 2)`` x, y pixels, drawn 5 px thick.
             masks: ``(H, W)`` or ``(N, H, W)`` bool arrays, one region each.
             threshold: score threshold (default: the demo setting of the task, 0.5).
-            max_new_tokens: generation budget for GCG and chat.
+            max_new_tokens: generation budget for GCG and chat (capped to what is left of the language
+                model's context after the image and the prompt).
             is_sentence: reasoning only: pick the long-question (True) or short-question (False)
                 template, as ReasonSeg's ``is_sentence`` flag does; None guesses from the text.
             closed_set: generic only: segment with the stage-1 closed-set segmentor (mask decoder and
@@ -185,17 +249,24 @@ class XSamPredictor:
                 list, so ``categories`` must name exactly those classes, in the head's order; for
                 instance segmentation, its first classes (the things, which COCO panoptic lists
                 first; Mask2Former's instance inference likewise keeps the thing classes only).
+            history: chat only: the earlier ``(question, answer)`` turns, used instead of (and not added
+                to) the conversation the predictor remembers for this image.
 
         Visual prompts feed ``interactive`` (exactly one region) and ``vgd`` (one or more, in the
         order points, boxes, scribbles, masks).
         """
-        handler = task_handler(task)
         state = self._require_image()
-        prompt = Prompt(text, categories, points, boxes, scribbles, masks, is_sentence, closed_set)
+        check_threshold(threshold)
+        check_max_new_tokens(max_new_tokens)
+        prompt = Prompt(text, categories, points, boxes, scribbles, masks, is_sentence, closed_set, history)
+        if task == AUTO:
+            prompt = routed_prompt(prompt)
+            task = route(prompt)
+        handler = task_handler(task)
         request = handler.request(prompt, state.frame.original_size, self._chat_history)
         self.stats.prompts += 1
         if handler.generates:
-            return self._generate(handler, state, request, max_new_tokens)
+            return self._generate(handler, state, request, max_new_tokens, remember=history is None)
         segmentation = (
             self._closed_set(handler, state, request)
             if closed_set
@@ -213,23 +284,73 @@ class XSamPredictor:
         requests: Sequence[Mapping[str, Any]],
         *,
         progress: bool = True,
-    ) -> list[list[Prediction]]:
-        """Run every request (keyword arguments of :meth:`predict`) on every image, encoding each once."""
+        on_error: str = "raise",
+    ) -> list[list[Prediction | None]]:
+        """Run every request (keyword arguments of :meth:`predict`) on every image, encoding each once.
+
+        A failing image or request never loses the others: every image is tried, and its failed
+        predictions are None. ``on_error="raise"`` then raises a :class:`BatchPredictionError`
+        holding all results and failures; ``"skip"`` returns the results with the Nones.
+        """
         from tqdm.auto import tqdm
 
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         images = list(images)
-        results = []
-        for image in tqdm(images, desc="images", disable=not progress):
-            self.set_image(image)
-            results.append([self.predict(**request) for request in requests])
+        results: list[list[Prediction | None]] = []
+        failures: list[tuple[int, int | None, Exception]] = []
+        for index, image in enumerate(tqdm(images, desc="images", disable=not progress)):
+            try:
+                self.set_image(image)
+            except (ValueError, FileNotFoundError) as error:
+                failures.append((index, None, error))
+                results.append([None] * len(requests))
+                continue
+            results.append(
+                [
+                    self._predict_or_none(request, index, number, failures)
+                    for number, request in enumerate(requests)
+                ]
+            )
+        if failures and on_error == "raise":
+            raise BatchPredictionError(results, failures)
         return results
 
+    def _predict_or_none(
+        self, request: Mapping[str, Any], image: int, number: int, failures: list
+    ) -> Prediction | None:
+        try:
+            return self.predict(**request)
+        except ValueError as error:
+            failures.append((image, number, error))
+            return None
+
     # ------------------------------------------------------------------------------------ running
+    def _context_room(self, prompt_tokens: int, generates: bool) -> int:
+        """Positions left in the LLM's context after the image's tokens and the prompt.
+
+        Raises:
+            ValueError: the prompt does not fit (a generated answer needs room for one token).
+        """
+        config = self.model.config
+        context = int(config.language_model.hf_config.get("max_position_embeddings", 4096))
+        image_tokens = config.num_image_tokens
+        needed = prompt_tokens - 1 + image_tokens  # the <image> placeholder becomes the image's tokens
+        if needed + int(generates) > context:
+            raise ValueError(
+                f"the prompt is too long: {prompt_tokens - 1} text tokens beside the image's {image_tokens} "
+                f"tokens need {needed} positions{' and one to answer' if generates else ''}; "
+                f"the language model has {context}"
+            )
+        return context - needed
+
     def _encode(
-        self, state: _ImageState, request: TaskRequest
-    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None]:
-        """Model inputs of a request: the part after the cached prefix (or all of it, uncached)."""
+        self, state: ImageEncoding, request: TaskRequest, *, generates: bool = False
+    ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor] | None, int]:
+        """Model inputs of a request (the part after the cached prefix, or all of it uncached) and the
+        room left in the context."""
         encoded = encode_conversation(self.tokenizer, request.turns, tokens=self.model.config.tokens)
+        room = self._context_room(len(encoded.input_ids), generates)
         start = 0
         if self.use_cache:
             start = len(state.prefix_ids)
@@ -245,15 +366,15 @@ class XSamPredictor:
         if request.region_masks is not None:
             canvas = preprocess_masks(request.region_masks.numpy(), self.model.config.segmentation_encoder)
             regions = [canvas.bool().to(self.device)]
-        return inputs, regions
+        return inputs, regions, room
 
     def _generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(self.seed)
 
     def _teacher_forced(
-        self, handler: TaskHandler, state: _ImageState, request: TaskRequest
+        self, handler: TaskHandler, state: ImageEncoding, request: TaskRequest
     ) -> SegmentationOutput:
-        inputs, regions = self._encode(state, request)
+        inputs, regions, _ = self._encode(state, request)
         prefix_length = None if state.cache is None else state.cache.get_seq_length()
         try:
             out = self.model(
@@ -272,7 +393,7 @@ class XSamPredictor:
         return out.segmentation
 
     def _closed_set(
-        self, handler: TaskHandler, state: _ImageState, request: TaskRequest
+        self, handler: TaskHandler, state: ImageEncoding, request: TaskRequest
     ) -> SegmentationOutput:
         """The stage-1 segmentor on the cached features, its head restricted to the request's classes."""
         if self.model.closed_set_head is None:
@@ -287,9 +408,15 @@ class XSamPredictor:
         return SegmentationOutput(class_logits=class_logits, mask_logits=mask_logits)
 
     def _generate(
-        self, handler: TaskHandler, state: _ImageState, request: TaskRequest, max_new_tokens: int
+        self,
+        handler: TaskHandler,
+        state: ImageEncoding,
+        request: TaskRequest,
+        max_new_tokens: int,
+        *,
+        remember: bool = True,
     ) -> Prediction:
-        inputs, regions = self._encode(state, request)
+        inputs, regions, room = self._encode(state, request, generates=True)
         prefix_length = None if state.cache is None else state.cache.get_seq_length()
         tokens = self.model.config.tokens
         try:
@@ -299,7 +426,7 @@ class XSamPredictor:
                 image_features=state.features,
                 region_masks=regions,
                 stop_token_ids=(tokens.end_token_id,),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=min(max_new_tokens, room),  # what is left of the context
                 generator=self._generator(),
                 past_key_values=state.cache,
             )
@@ -308,7 +435,7 @@ class XSamPredictor:
                 self.model.truncate_cache(state.cache, prefix_length)
         text = self.tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=False)
         text = text.split(tokens.end_token)[0].strip()
-        if handler.keeps_history:
+        if handler.keeps_history and remember:
             self._chat_history.append(Turn(request.turns[-1].question, text))
         segmentation = result.segmentation
         logits = None

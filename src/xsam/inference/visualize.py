@@ -22,23 +22,37 @@ def palette(count: int) -> list[tuple[int, int, int]]:
     return colours
 
 
+_BAND_PIXELS = 1 << 22
+"""Blending runs over bands of rows holding about this many pixels, so its scratch memory stays small
+whatever the image size."""
+
+
 def overlay(image: Image.Image, prediction: Prediction, *, alpha: float = 0.5) -> Image.Image:
-    """Blend each mask in its colour over ``image``, write its label, and append generated text."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    masks = prediction.masks.cpu().numpy().astype(bool)
-    if masks.shape[1:] != base.shape[:2]:
-        raise ValueError(f"masks are {masks.shape[1:]} but the image is {base.shape[:2]}")
-    colours = palette(len(masks))
-    for mask, colour in zip(masks, colours, strict=True):
-        base[mask] = (1 - alpha) * base[mask] + alpha * np.asarray(colour, dtype=np.float32)
-    result = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    """Blend each mask in its colour over ``image``, write its label, and append generated text.
+
+    Works on the 8-bit image in place, band by band: memory is one copy of the image plus a few MB.
+    """
+    base = np.array(image.convert("RGB"), dtype=np.uint8)
+    if tuple(prediction.masks.shape[1:]) != base.shape[:2]:
+        raise ValueError(f"masks are {tuple(prediction.masks.shape[1:])} but the image is {base.shape[:2]}")
+    colours = palette(len(prediction.masks))
+    weight = round(alpha * 256)  # alpha in 1/256 steps, integer arithmetic (0.5 is exact)
+    rows = max(1, _BAND_PIXELS // max(base.shape[1], 1))
+    for mask, colour in zip(prediction.masks, colours, strict=True):
+        mask = mask.cpu().numpy()
+        tint = np.asarray(colour, dtype=np.uint32) * weight
+        for top in range(0, base.shape[0], rows):
+            band, inside = base[top : top + rows], mask[top : top + rows]
+            band[inside] = ((band[inside].astype(np.uint32) * (256 - weight) + tint) >> 8).astype(np.uint8)
+    result = Image.fromarray(base)
     draw = ImageDraw.Draw(result)
     font = ImageFont.load_default()
-    for mask, colour, label, score in zip(masks, colours, prediction.labels, prediction.scores, strict=True):
-        if not mask.any():
+    for mask, colour, label, score in zip(
+        prediction.masks, colours, prediction.labels, prediction.scores, strict=True
+    ):
+        position = _centre(mask.cpu().numpy())
+        if position is None:
             continue
-        rows, cols = np.nonzero(mask)
-        position = (int(cols.mean()), int(rows.mean()))
         caption = f"{label} {score:.2f}"
         box = draw.textbbox(position, caption, font=font)
         draw.rectangle(box, fill=(0, 0, 0))
@@ -46,6 +60,16 @@ def overlay(image: Image.Image, prediction: Prediction, *, alpha: float = 0.5) -
     if prediction.text:
         result = _with_caption(result, prediction.text, font)
     return result
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int] | None:
+    """``(x, y)`` of a mask's centroid (truncated), from its row and column counts; None when empty."""
+    area = int(mask.sum())
+    if area == 0:
+        return None
+    columns = int((np.arange(mask.shape[1]) * mask.sum(axis=0)).sum())
+    rows = int((np.arange(mask.shape[0]) * mask.sum(axis=1)).sum())
+    return int(columns / area), int(rows / area)
 
 
 def _with_caption(image: Image.Image, text: str, font: ImageFont.ImageFont) -> Image.Image:

@@ -128,7 +128,7 @@ def greedy_decode(
         token = next_logits.argmax(-1)
         ids.append(token)
         out = language_model.base_model(
-            inputs_embeds=embed(token).unsqueeze(1), past_key_values=out.past_key_values, use_cache=True
+            inputs_embeds=embed(token).unsqueeze(1), cache=out.cache, use_cache=True
         )
         states.append(out.last_hidden_state[0, -1])
         if int(token) in stop_token_ids:

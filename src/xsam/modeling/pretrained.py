@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from accelerate import init_empty_weights
+from huggingface_hub.errors import StrictDataclassError
 
 from ..config import XSamConfig
 from .serialization import (
@@ -69,16 +70,29 @@ def load_config(directory: str | Path) -> XSamConfig:
     """The :class:`XSamConfig` of a saved model directory (or ``"default"``), format version checked.
 
     Raises:
-        FileNotFoundError: no ``config.json`` in the directory.
-        ValueError: the file is not an xsam-torch config of this format version.
+        FileNotFoundError: the folder does not exist, or has no ``config.json``.
+        NotADirectoryError: ``directory`` is a file.
+        ValueError: ``config.json`` is not JSON, not an xsam-torch config of this format version, or
+            holds a value of the wrong type; the message names the file and the key.
     """
-    config_path = resolve_model_directory(directory) / CONFIG_NAME
+    folder = resolve_model_directory(directory)
+    if not folder.exists():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a model folder")
+    config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: not an xsam-torch model directory")
-    data = json.loads(config_path.read_text())
+    try:
+        data = json.loads(config_path.read_text())
+    except ValueError as error:  # bad JSON or bad UTF-8
+        raise ValueError(f"{config_path} is not valid JSON ({error})") from error
     if not isinstance(data, dict) or data.pop(FORMAT_KEY, None) != FORMAT_VERSION:
         raise ValueError(f"{config_path} is not an xsam-torch config (format {FORMAT_VERSION} expected)")
-    return XSamConfig.from_dict(data)
+    try:
+        return XSamConfig.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: {error}") from error
 
 
 def config_dict(config: XSamConfig) -> dict:
@@ -125,22 +139,24 @@ def from_pretrained(
     strict: bool = True,
     allow_missing: bool = False,
 ) -> _ModelT:
-    """Build ``cls`` from a :func:`save_pretrained` directory; see :meth:`XSamModel.from_pretrained`."""
+    """Build ``cls`` from a :func:`save_pretrained` directory; see :meth:`XSamModel.from_pretrained`.
+
+    Raises:
+        FileNotFoundError: no such folder, no ``config.json``, no weights.
+        ValueError: ``config.json`` or a weight file is unreadable, a value has the wrong type, or a
+            tensor has the wrong shape for the config; the message names the file and the key.
+        KeyError: tensors missing (or, when ``strict``, unexpected), by name.
+    """
     if dtype is None and str(directory) == DEFAULT_MODEL:
         dtype = torch.float32  # 16-bit storage only keeps the package small
     folder = resolve_model_directory(directory)
-    config = load_config(folder)
-    if allow_missing:
-        model = cls(config)
-    else:
-        with init_empty_weights(include_buffers=False):
-            model = cls(config)
+    model = _build(cls, load_config(folder), folder / CONFIG_NAME, empty=not allow_missing)
     aliases = tied_aliases(model)
-    expected = set(model.state_dict()) - set(aliases)
-    state = dict(iter_tensors(weight_files(folder), dtype=dtype, device=device))
-    present = expected if not allow_missing else expected & set(state)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in aliases}
+    state = dict(iter_tensors(weight_files(folder), dtype=dtype, device=device, shapes=shapes))
+    present = set(shapes) if not allow_missing else set(shapes) & set(state)
     check_keys(present, set(state), strict=strict, source=str(folder))
-    state = {k: v for k, v in state.items() if k in expected}
+    state = {k: v for k, v in state.items() if k in shapes}
     if allow_missing:
         model.load_state_dict(state, strict=False)
     else:
@@ -150,3 +166,17 @@ def from_pretrained(
         model.to(dtype)
     model.name_or_path = str(folder)
     return model.eval()
+
+
+def _build(cls: type[_ModelT], config: XSamConfig, config_path: Path, *, empty: bool) -> _ModelT:
+    """``cls(config)``, on the meta device when ``empty``. A config whose types check out can still
+    fail to build (a ``language_model.hf_config`` value transformers rejects, sizes that do not
+    divide): that is bad input too, reported against the file."""
+    try:
+        if not empty:
+            return cls(config)
+        with init_empty_weights(include_buffers=False):
+            return cls(config)
+    except (TypeError, ValueError, KeyError, StrictDataclassError) as error:
+        reason = f"missing key {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise ValueError(f"{config_path}: the model cannot be built from this config ({reason})") from error

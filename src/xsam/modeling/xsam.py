@@ -251,7 +251,7 @@ class XSamModel(nn.Module):
         return self.language_model.base_model(
             inputs_embeds=sequence.inputs_embeds,
             attention_mask=sequence.attention_mask if padded else None,
-            past_key_values=past_key_values,
+            cache=past_key_values,
             use_cache=past_key_values is not None,
         )
 

@@ -19,6 +19,7 @@ interface.
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -68,6 +69,7 @@ class Prompt:
         masks: ``(H, W)`` or ``(N, H, W)`` bool arrays, one region each.
         is_sentence: reasoning: long-question (True) or short-question (False) template.
         closed_set: generic: segment with the stage-1 closed-set segmentor instead of the LLM.
+        history: chat: earlier ``(question, answer)`` turns, instead of the remembered conversation.
     """
 
     text: str | None = None
@@ -78,6 +80,7 @@ class Prompt:
     masks: ArrayLike | None = None
     is_sentence: bool | None = None
     closed_set: bool = False
+    history: Sequence[tuple[str, str]] | None = None
 
     def given(self) -> list[str]:
         """Names of the fields that are set (not None, not False)."""
@@ -264,6 +267,8 @@ class TaskHandler:
             return f"is_sentence= applies to reasoning only, not to '{self.name}'"
         if name == "closed_set":
             return f"closed_set=True applies to generic segmentation only, not to '{self.name}'"
+        if name == "history":
+            return f"history= applies to chat only, not to '{self.name}'"
         kind = "visual" if name in VISUAL_PROMPT_FIELDS else name
         return f"task '{self.name}' {_UNEXPECTED[kind]}"
 
@@ -329,3 +334,21 @@ class TaskHandler:
         ``options`` are the benchmark's reader settings (``prompt_kind``, ``closed_set``, ...).
         """
         raise NotImplementedError(f"task '{self.name}' has no benchmark")
+
+
+def check_threshold(threshold: float | None) -> None:
+    """A score / mask threshold must be None (the task's default) or a number in ``[0, 1]``."""
+    if threshold is None:
+        return
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    """A generation budget must be a positive whole number."""
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, numbers.Integral)
+        or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}")

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..processing import Frame
-from ..tokens import IMAGE
+from ..tokens import IMAGE, literal
 from .base import Draft, DraftOptions, Prompt, TaskHandler, TaskRequest
 from .conversation import Turn
 from .gcg import text_prediction
@@ -65,12 +65,31 @@ def build_prompt(question: str, *, history: Sequence[Turn] = (), image: bool = T
     return [*history, Turn(question)]
 
 
+def history_turns(pairs: Sequence[tuple[str, str]]) -> list[Turn]:
+    """A caller's ``(question, answer)`` pairs as answered turns: both texts made literal (no control
+    tokens), ``<image>`` before the first question.
+
+    Raises:
+        ValueError: a pair that is not two strings, or a blank question.
+    """
+    turns = []
+    for index, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            raise ValueError(f"history turn {index} must be a (question, answer) pair of strings")
+        if not pair[0].strip():
+            raise ValueError(f"history turn {index} has a blank question")
+        turns.append(Turn(literal(pair[0]), literal(pair[1])))
+    if turns:
+        turns[0].question = place_image(turns[0].question)
+    return turns
+
+
 class ChatHandler(TaskHandler):
     """Image chat: a message in, the model's answer out; earlier turns come from the history."""
 
     name = "chat"
     official_name = "imgconv"
-    accepts = frozenset({"text"})
+    accepts = frozenset({"text", "history"})
     generates = True
     segments = False
     keeps_history = True
@@ -78,7 +97,10 @@ class ChatHandler(TaskHandler):
     def build_request(
         self, prompt: Prompt, image_size: tuple[int, int], history: Sequence[Turn]
     ) -> TaskRequest:
-        return TaskRequest(self.name, build_prompt(required_text(prompt, self.name), history=history), [])
+        text = literal(required_text(prompt, self.name))
+        if prompt.history is not None:
+            history = history_turns(prompt.history)
+        return TaskRequest(self.name, build_prompt(text, history=history), [])
 
     def interpret(
         self, request: TaskRequest, text: str, logits: tuple[torch.Tensor, torch.Tensor] | None, frame: Frame

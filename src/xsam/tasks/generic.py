@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..processing import Frame
-from ..tokens import SEG
+from ..tokens import SEG, literal
 from . import mask_classification
 from .base import Draft, DraftOptions, EvalSample, Metric, Prompt, TargetDraft, TaskHandler, TaskRequest
 from .conversation import Turn
@@ -254,7 +254,8 @@ class GenericHandler(TaskHandler):
         self, prompt: Prompt, image_size: tuple[int, int], history: Sequence[Turn]
     ) -> GenericRequest:
         spec = category_spec(prompt.categories)
-        return GenericRequest(self.name, build_prompt(spec.names), list(spec.names), categories=spec)
+        turns = build_prompt([literal(name) for name in spec.names])
+        return GenericRequest(self.name, turns, list(spec.names), categories=spec)
 
     def closed_set_logits(self, request: TaskRequest, class_logits: torch.Tensor) -> torch.Tensor:
         """Closed-set head logits ``(..., K + 1)`` restricted to the request's classes.

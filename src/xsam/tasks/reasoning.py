@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..tokens import IMAGE, SEG
+from ..tokens import IMAGE, SEG, literal
 from . import referring
 from .base import Draft, DraftOptions, EvalSample, MaskTruth, Metric, Prompt, TaskRequest
 from .conversation import Turn
@@ -187,7 +187,7 @@ class ReasoningHandler(referring.ReferringHandler):
     ) -> TaskRequest:
         text = referring.required_text(prompt, self.name)
         sentence = looks_like_sentence(text) if prompt.is_sentence is None else prompt.is_sentence
-        return TaskRequest(self.name, build_prompt(text, is_sentence=sentence), [text])
+        return TaskRequest(self.name, build_prompt(literal(text), is_sentence=sentence), [text])
 
     def draft(self, record: Record, rng: random.Random, *, train: bool, options: DraftOptions) -> Draft:
         """Queries of one image may differ in ``is_sentence`` / explanation: each turn is built alone."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..processing import Frame, postprocess_masks
-from ..tokens import SEG
+from ..tokens import SEG, literal
 from .base import (
     Draft,
     DraftOptions,
@@ -166,7 +166,7 @@ class ReferringHandler(TaskHandler):
         self, prompt: Prompt, image_size: tuple[int, int], history: Sequence[Turn]
     ) -> TaskRequest:
         text = required_text(prompt, self.name)
-        return TaskRequest(self.name, build_prompt(text), [text])
+        return TaskRequest(self.name, build_prompt(literal(text)), [text])
 
     def postprocess(
         self,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from ..processing import Frame, box_mask, point_mask, scribble_mask
 from ..tokens import REGION
@@ -119,26 +120,29 @@ def region_masks(prompt: Prompt, size_hw: tuple[int, int]) -> torch.Tensor | Non
     """All visual prompts as ``(R, H, W)`` bool masks in the image frame (order: points, boxes,
     scribbles, masks), or None without any. Points are disks of radius 10, scribbles 5 px thick.
 
+    Coordinates are ``(x, y)`` image pixels, rounded half-up. A point must fall on the image; a box
+    must overlap it (the part outside is cut off) with ``x0 <= x1`` and ``y0 <= y1``; a scribble needs
+    at least one vertex on the image (vertices outside are moved to the nearest border pixel).
+
     Raises:
-        ValueError: malformed coordinates, masks of another size, or a prompt covering no pixel.
+        ValueError: malformed or non-finite coordinates, a prompt off the image, masks of another
+            size, or a prompt covering no pixel; the message names the prompt.
     """
     regions: list[np.ndarray] = []
-    if prompt.points is not None:
-        array = np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
-        regions += [point_mask(point[None], size_hw) for point in array]
-    if prompt.boxes is not None:
-        array = np.asarray(prompt.boxes, dtype=np.float64).reshape(-1, 4)
-        regions += [box_mask(box, size_hw) for box in array]
-    if prompt.scribbles is not None:
-        regions += [scribble_mask(np.asarray(line, dtype=np.float64), size_hw) for line in prompt.scribbles]
-    if prompt.masks is not None:
-        array = np.asarray(prompt.masks)
-        array = array[None] if array.ndim == 2 else array
-        if array.ndim != 3 or array.shape[1:] != tuple(size_hw):
+    for index, point in enumerate(_coordinates(prompt.points, 2, "points")):
+        _require_on_image(point[None], size_hw, f"point {index} (x, y) = {tuple(point.tolist())}")
+        regions.append(point_mask(point[None], size_hw))
+    for index, box in enumerate(_coordinates(prompt.boxes, 4, "boxes")):
+        if not _overlaps(box, size_hw):
             raise ValueError(
-                f"masks must be (H, W) or (N, H, W) with (H, W) = {tuple(size_hw)}, got {array.shape}"
+                f"box {index} {tuple(box.tolist())} lies outside the {size_hw[1]}x{size_hw[0]} image"
             )
-        regions += [m.astype(bool) for m in array]
+        regions.append(box_mask(box, size_hw))
+    for index, line in enumerate(prompt.scribbles or ()):
+        vertices = _coordinates(line, 2, f"scribble {index}")
+        _require_on_image(vertices, size_hw, f"scribble {index}", any_inside=True)
+        regions.append(scribble_mask(vertices, size_hw))
+    regions += _mask_regions(prompt.masks, size_hw)
     if not regions:
         return None
     stacked = torch.from_numpy(np.stack(regions))
@@ -146,6 +150,57 @@ def region_masks(prompt: Prompt, size_hw: tuple[int, int]) -> torch.Tensor | Non
     if empty:
         raise ValueError(f"visual prompts {empty} cover no pixel of the image")
     return stacked
+
+
+def _coordinates(values: ArrayLike | None, width: int, name: str) -> np.ndarray:
+    """``values`` as ``(N, width)`` finite float64 (``(0, width)`` for None)."""
+    if values is None:
+        return np.zeros((0, width))
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numbers, {width} per prompt") from None
+    if array.size == 0 or array.size % width:
+        raise ValueError(f"{name} must hold {width} numbers per prompt, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must hold finite numbers")
+    return array.reshape(-1, width)
+
+
+def _pixels(xy: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` x, y -> ``(N, 2)`` int64 column, row, rounded half-up (as the rasterisers do)."""
+    return np.floor(xy + 0.5).astype(np.int64)
+
+
+def _require_on_image(
+    xy: np.ndarray, size_hw: tuple[int, int], name: str, *, any_inside: bool = False
+) -> None:
+    pixels = _pixels(xy)
+    inside = (
+        (pixels[:, 0] >= 0) & (pixels[:, 0] < size_hw[1]) & (pixels[:, 1] >= 0) & (pixels[:, 1] < size_hw[0])
+    )
+    if not (inside.any() if any_inside else inside.all()):
+        where = "has no vertex on" if any_inside else "lies outside"
+        raise ValueError(f"{name} {where} the {size_hw[1]}x{size_hw[0]} image")
+
+
+def _overlaps(box: np.ndarray, size_hw: tuple[int, int]) -> bool:
+    (x0, y0), (x1, y1) = _pixels(box.reshape(2, 2))
+    return x1 >= 0 and y1 >= 0 and x0 < size_hw[1] and y0 < size_hw[0]
+
+
+def _mask_regions(masks: ArrayLike | None, size_hw: tuple[int, int]) -> list[np.ndarray]:
+    if masks is None:
+        return []
+    array = np.asarray(masks)
+    array = array[None] if array.ndim == 2 else array
+    if array.ndim != 3 or array.shape[1:] != tuple(size_hw):
+        raise ValueError(
+            f"masks must be (H, W) or (N, H, W) with (H, W) = {tuple(size_hw)}, got {array.shape}"
+        )
+    if not (array.dtype == np.bool_ or np.issubdtype(array.dtype, np.number)):
+        raise ValueError(f"masks must be bool or numeric (nonzero = inside), got dtype {array.dtype}")
+    return [mask.astype(bool) for mask in array]
 
 
 def required_regions(prompt: Prompt, size_hw: tuple[int, int], task: str) -> torch.Tensor:

@@ -8,10 +8,8 @@ so that every optimisation step draws from one source on all ranks.
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -28,17 +27,17 @@ from tqdm.auto import tqdm
 from ..config import XSamConfig
 from ..data.collate import Batch, collate
 from ..data.mixture import MixtureDataset, SourceGroupedSampler
+from ..data.sources import BadSampleError, RecordDataset
 from ..distributed import finish_processes
 from ..losses.criterion import SegmentationCriterion, count_target_masks
 from ..modeling.pretrained import copy_tokenizer
 from ..modeling.xsam import XSamModel
 from ..tokens import IGNORE_INDEX
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import TRAINER_STATE, CheckpointError, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
+from .run_folder import FINAL_DIR, LOG_FILE, RunFolder, check_run_folder, open_run_folder
+from .run_log import RunLog
 from .stages import StageConfig, stage_preset
-
-LOG_FILE = "log.jsonl"
-FINAL_DIR = "final"
 
 
 @dataclass
@@ -62,7 +61,15 @@ class TrainArguments:
         log_every: console / tracker logging period in steps (``log.jsonl`` gets every step).
         save_every: checkpoint period in steps (None: only at the end).
         seed: model init, sampler order and loss sampling.
-        resume: continue from the latest checkpoint in ``output_dir`` if there is one.
+        resume: continue from the latest checkpoint in ``output_dir``, exactly as if never stopped (a
+            missing or empty ``output_dir`` starts afresh; a non-empty one without a checkpoint is an error).
+        overwrite: start afresh in a non-empty ``output_dir`` after removing the previous run's
+            ``checkpoints/``, ``final/`` and ``log.jsonl`` (anything else stays). Without ``resume`` or
+            ``overwrite`` a non-empty ``output_dir`` is refused.
+        keep_last: keep only this many newest checkpoints (None: all of them).
+        skip_bad_samples: replace a record that cannot be built (unreadable image, malformed
+            annotation) by the next good one of its source, instead of stopping; the skipped records
+            are counted per source in ``log.jsonl`` and on the console.
         num_points: point samples per mask of the segmentation loss (12544 in the release).
         class_weight: weight of the segmentation loss's classification term and matching cost (2.0 in
             the release).
@@ -86,6 +93,9 @@ class TrainArguments:
     save_every: int | None = None
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False
+    keep_last: int | None = None
+    skip_bad_samples: bool = False
     num_points: int = 12544
     class_weight: float = 2.0
     num_closed_set_classes: int = 133
@@ -209,14 +219,38 @@ def _segmentation_loss(
 
 
 def build_model(args: TrainArguments, stage: StageConfig) -> XSamModel:
-    """The model to train: ``args.init`` if given, else a random ``args.config`` model (with a
-    closed-set head for stage 1)."""
+    """The model to train: ``args.init`` if given (see :func:`load_init_model`), else a random
+    ``args.config`` model (with a closed-set head for stage 1)."""
     if args.init is not None:
-        return XSamModel.from_pretrained(args.init, allow_missing=True).train()
+        return load_init_model(args.init)
     config = XSamConfig.preset(args.config)
     if stage.closed_set and config.mask_decoder.num_closed_set_classes is None:
         config.mask_decoder.num_closed_set_classes = args.num_closed_set_classes
     return XSamModel(config).train()
+
+
+def load_init_model(directory: str | Path) -> XSamModel:
+    """``XSamModel.from_pretrained(directory, allow_missing=True)`` in training mode.
+
+    Raises:
+        FileNotFoundError: no such folder, or no config or weights in it.
+        ValueError: the config or the weights cannot be read (truncated, corrupt, mismatched); the
+            message names the folder and the underlying error.
+    """
+    try:
+        return XSamModel.from_pretrained(directory, allow_missing=True).train()
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as error:
+        raise ValueError(f"cannot load the model {directory}: {one_line(error)}") from error
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line, after its type unless it is a ValueError or OSError (whose
+    messages say what is wrong); a KeyError's message without its quotes."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    text = " ".join(str(message).split())
+    return text if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: {text}"
 
 
 def as_mixture(dataset: Mapping[str, Sequence[Any]] | MixtureDataset | None) -> MixtureDataset:
@@ -225,49 +259,50 @@ def as_mixture(dataset: Mapping[str, Sequence[Any]] | MixtureDataset | None) -> 
     return dataset if isinstance(dataset, MixtureDataset) else MixtureDataset(dataset)
 
 
-class _RunLog:
-    """``log.jsonl`` (every step, main process) plus console lines every ``log_every`` steps."""
-
-    def __init__(self, accelerator: Accelerator, path: Path, log_every: int, progress: tqdm) -> None:
-        self.accelerator, self.path, self.log_every, self.progress = accelerator, path, log_every, progress
-        self.window_start, self.window_samples = time.perf_counter(), 0
-
-    def step(self, step: int, epoch: int, lr: float, grad_norm: float | None, local: dict, samples: int):
-        """Gather every rank's micro-batch sources and losses; main writes them. ``local``:
-        ``{"sources": [...], "logs": [dict, ...]}`` of this rank's micro-batches."""
-        gathered = gather_object([local])
-        self.window_samples += samples * self.accelerator.num_processes
-        if not self.accelerator.is_main_process:
-            return
-        per_batch = [logs for rank in gathered for logs in rank["logs"]]
-        keys = sorted({key for logs in per_batch for key in logs})
-        means = {key: sum(logs[key] for logs in per_batch if key in logs) / len(per_batch) for key in keys}
-        record = {"step": step, "epoch": epoch, "lr": lr, **means, "grad_norm": grad_norm}
-        record["sources"] = [rank["sources"] for rank in gathered]
-        if step % self.log_every == 0:
-            elapsed = time.perf_counter() - self.window_start
-            record["samples_per_s"] = self.window_samples / max(elapsed, 1e-9)
-            self.window_start, self.window_samples = time.perf_counter(), 0
-            text = " ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float))
-            self.progress.write(f"step {step}: {text}")
-            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        self.progress.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}")
+def _skip_bad_samples(dataset: MixtureDataset) -> None:
+    for source in dataset.datasets.values():
+        if isinstance(source, RecordDataset):
+            source.skip_bad_samples = True
 
 
-def _log_parameter_checksums(accelerator: Accelerator, module: nn.Module, path: Path) -> None:
-    """Append every rank's float64 parameter sum to the log: replicas that drifted apart show here."""
-    with torch.no_grad():
-        checksum = float(sum(p.detach().double().sum() for p in module.parameters()))
-    gathered = gather_object([checksum])
-    if accelerator.is_main_process:
-        with path.open("a") as handle:
-            handle.write(json.dumps({"final_parameter_checksums": gathered}) + "\n")
+def _data_loader(
+    dataset: MixtureDataset, sampler: SourceGroupedSampler, args: TrainArguments, model: XSamModel
+) -> DataLoader:
+    pad_token_id = int(model.config.language_model.hf_config.get("pad_token_id") or 0)
+    return DataLoader(
+        dataset,
+        args.batch_size,
+        sampler=sampler,
+        collate_fn=partial(collate, pad_token_id=pad_token_id),
+        num_workers=args.num_workers,
+        generator=torch.Generator(),  # reseeded every epoch by _epoch_batches
+    )
+
+
+def _epoch_batches(loader: DataLoader, seed: int, epoch: int) -> Iterator[Batch]:
+    """The loader's batches of one epoch.
+
+    Creating a DataLoader iterator draws the workers' base seed from ``loader.generator``, or from the
+    global torch RNG when it has none: a resumed run would then draw once more from the RNG just restored
+    than the interrupted run did. So the loader has its own generator, seeded by ``(seed, epoch)``.
+    """
+    loader.generator.manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    try:
+        yield from loader
+    except BadSampleError as error:
+        message = _without_worker_traceback(str(error))
+        raise BadSampleError(f"{message} (--skip-bad-samples replaces such samples)") from error
+
+
+def _without_worker_traceback(message: str) -> str:
+    """A worker's error reaches the main process as "Caught ... Original Traceback ... Error: message";
+    keep the message."""
+    marker = f"{BadSampleError.__name__}: "
+    return message.rsplit(marker, 1)[1].strip() if "\n" in message and marker in message else message
 
 
 def _accelerator(args: TrainArguments, output_dir: Path) -> Accelerator:
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.grad_accum,
         mixed_precision=args.mixed_precision,
         log_with=args.log_with,
@@ -276,111 +311,179 @@ def _accelerator(args: TrainArguments, output_dir: Path) -> Accelerator:
         # a step without <SEG> (chat) leaves the segmentor unused in stage 3
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if args.log_with is not None and not accelerator.log_with:  # Accelerate only warns
+        raise ValueError(f"--log-with {args.log_with}: the tracker's package is not installed")
+    return accelerator
 
 
-def _finish(accelerator: Accelerator, module: Any, output_dir: Path, init: str | Path | None) -> Path:
-    """Log parameter checksums (ranks must agree) and save the final model on the main process, with
-    the tokenizer of the ``init`` model if it had its own."""
-    _log_parameter_checksums(accelerator, accelerator.unwrap_model(module), output_dir / LOG_FILE)
-    final = output_dir / FINAL_DIR
+def _open_folder(accelerator: Accelerator, folder: RunFolder, resume_state: dict[str, Any] | None) -> None:
+    accelerator.wait_for_everyone()  # every rank has looked at the folder before the main one changes it
     if accelerator.is_main_process:
-        accelerator.unwrap_model(module).model.save_pretrained(final)
-        copy_tokenizer(init, final)
-    finish_processes()  # every rank waits for the save
-    accelerator.end_training()
-    return final
+        for note in open_run_folder(folder, None if resume_state is None else int(resume_state["step"])):
+            accelerator.print(note)
+    accelerator.wait_for_everyone()
+
+
+@dataclass
+class _Position:
+    """Where a run is: optimisation steps done, the epoch, and this epoch's micro-batches trained on."""
+
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0
+
+
+class _Session:
+    """One run's moving parts, from the prepared model to the final save."""
+
+    def __init__(
+        self, args: TrainArguments, stage: StageConfig, accelerator: Accelerator, model: XSamModel
+    ) -> None:
+        self.args, self.stage, self.accelerator = args, stage, accelerator
+        self.output_dir = Path(args.output_dir)
+        if args.gradient_checkpointing:
+            llm = model.language_model
+            # transformers renamed it (the old name warns and goes in v6); early 5.x only has the old one
+            getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)()
+        optimizer = build_optimizer(model, stage)
+        self.dataset = as_mixture(args.dataset)
+        if args.skip_bad_samples:
+            _skip_bad_samples(self.dataset)
+        world, rank = accelerator.num_processes, accelerator.process_index
+        self.sampler = SourceGroupedSampler(self.dataset.lengths, args.batch_size, world, rank, args.seed)
+        self.loader = _data_loader(self.dataset, self.sampler, args, model)
+        batches_per_epoch = len(self.sampler) // args.batch_size
+        if batches_per_epoch == 0:
+            raise ValueError("the dataset yields no batch")
+        self.total_steps = args.max_steps or math.ceil(args.epochs * batches_per_epoch / args.grad_accum)
+        scheduler = build_scheduler(optimizer, stage, self.total_steps)
+        self.module, self.optimizer, self.scheduler = accelerator.prepare(
+            StageModule(model, closed_set=stage.closed_set), optimizer, scheduler
+        )
+        self.criterion = SegmentationCriterion(num_points=args.num_points, class_weight=args.class_weight)
+        self.position, self.last_saved, self.grad_norm = _Position(), -1, None
+        self.restored_skipped: dict[str, list[int]] = {}
+
+    def restore(self, checkpoint: Path, verified_state: dict[str, Any]) -> None:
+        """Continue from ``checkpoint``: model, optimizer, scheduler, RNG, sampler and skip counts.
+        ``verified_state`` is what :func:`~xsam.train.checkpoint.verify_checkpoint` returned for it."""
+        state = load_checkpoint(self.accelerator, checkpoint, verified_state=verified_state)
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+            self.restored_skipped = {
+                str(source): [int(index) for index in indices]
+                for source, indices in state.get("skipped_records", {}).items()
+            }
+        except (ValueError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"cannot resume from {checkpoint / TRAINER_STATE}: {error}") from error
+        step = int(state["step"])
+        consumed = self.sampler.position // self.args.batch_size
+        self.position, self.last_saved = _Position(step, self.sampler.epoch, consumed), step
+        self.accelerator.print(f"resumed from {checkpoint} at step {step}")
+
+    def run(self) -> None:
+        """Train until ``total_steps``; checkpoint every ``save_every`` steps and at the end."""
+        self.progress = tqdm(
+            total=self.total_steps,
+            initial=self.position.step,
+            disable=not self.accelerator.is_local_main_process,
+        )
+        log_path, count_skipped = self.output_dir / LOG_FILE, self.args.skip_bad_samples
+        self.run_log = RunLog(
+            self.accelerator, log_path, self.args.log_every, self.progress, count_skipped=count_skipped
+        )
+        self.run_log.restore_skipped(self.restored_skipped)
+        try:
+            self._run_epochs()
+        finally:  # an error message then starts on a line of its own
+            self.progress.close()
+
+    def _run_epochs(self) -> None:
+        position = self.position
+        while position.step < self.total_steps:
+            self.sampler.set_epoch(position.epoch)
+            for batch in _epoch_batches(self.loader, self.args.seed, position.epoch):
+                position.consumed += 1
+                if self._train_micro_batch(batch) and position.step >= self.total_steps:
+                    break
+            else:
+                position.epoch, position.consumed = position.epoch + 1, 0
+        if self.last_saved != position.step:
+            self.save()
+
+    def _train_micro_batch(self, batch: Batch) -> bool:
+        """Forward and backward one micro-batch; return whether it completed an optimisation step."""
+        batch = batch.to(self.accelerator.device)
+        with self.accelerator.accumulate(self.module):
+            loss, logs = compute_loss(
+                self.module, batch, self.stage, self.criterion, accelerator=self.accelerator
+            )
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.stage.grad_clip is not None:
+                norm = self.accelerator.clip_grad_norm_(self.module.parameters(), self.stage.grad_clip)
+                self.grad_norm = float(norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        self.run_log.add(batch.source, logs, batch.meta)
+        if not self.accelerator.sync_gradients:
+            return False
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.position.step += 1
+        self.progress.update(1)
+        self.run_log.step(self.position.step, self.position.epoch, lr, self.grad_norm, self.args.batch_size)
+        if self.args.save_every and self.position.step % self.args.save_every == 0:
+            self.save()
+        return True
+
+    def save(self) -> None:
+        sampler_state = self.sampler.state_dict(consumed=self.position.consumed * self.args.batch_size)
+        skipped = self.run_log.skipped_state()
+        state = {"step": self.position.step, "sampler": sampler_state, "skipped_records": skipped}
+        save_checkpoint(self.accelerator, self.output_dir, state, keep_last=self.args.keep_last)
+        self.last_saved = self.position.step
+
+    def finish(self) -> Path:
+        """Close the log (skip counts, parameter checksums: ranks must agree) and save the final model on
+        the main process, with the tokenizer of the ``init`` model if it had its own."""
+        unwrapped = self.accelerator.unwrap_model(self.module)
+        self.run_log.finish(unwrapped, self.dataset.sources)
+        final = self.output_dir / FINAL_DIR
+        if self.accelerator.is_main_process:
+            unwrapped.model.save_pretrained(final)
+            copy_tokenizer(self.args.init, final)
+        finish_processes()  # every rank waits for the save
+        self.accelerator.end_training()
+        return final
 
 
 def train(args: TrainArguments) -> Path:
-    """Run (or resume) one stage; return the ``save_pretrained`` directory of the final model."""
+    """Run (or resume) one stage; return the ``save_pretrained`` directory of the final model.
+
+    Nothing in ``output_dir`` changes before the model, the data, the optimizer and (on resume) the
+    checkpoint are loaded and checked: a bad argument loses nothing.
+
+    Raises:
+        FileExistsError: ``output_dir`` is not empty and neither ``resume`` nor ``overwrite`` is set.
+        FileNotFoundError: ``resume`` of a non-empty folder without a checkpoint, or a missing ``init``.
+        CheckpointError: the checkpoint to resume from is damaged (the message names the file).
+        BadSampleError: a record cannot be built (without ``skip_bad_samples``).
+        ValueError: other bad arguments or data (a damaged ``init`` model, ...).
+    """
     stage = stage_preset(args.stage) if isinstance(args.stage, str) else args.stage
-    output_dir = Path(args.output_dir)
-    accelerator = _accelerator(args, output_dir)
+    if args.keep_last is not None and args.keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {args.keep_last}")
+    accelerator = _accelerator(args, Path(args.output_dir))
+    folder, resume_state = check_run_folder(
+        args.output_dir, resume=args.resume, overwrite=args.overwrite, process_index=accelerator.process_index
+    )
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(args, stage)
-    if args.gradient_checkpointing:
-        llm = model.language_model
-        # transformers renamed it (the old name warns and goes in v6); early 5.x only has the old one
-        enable = getattr(llm, "activation_checkpointing_enable", llm.gradient_checkpointing_enable)
-        enable()
-    optimizer = build_optimizer(model, stage)
-
-    dataset = as_mixture(args.dataset)
-    sampler = SourceGroupedSampler(
-        dataset.lengths, args.batch_size, accelerator.num_processes, accelerator.process_index, args.seed
-    )
-    pad_token_id = int(model.config.language_model.hf_config.get("pad_token_id") or 0)
-    loader = DataLoader(
-        dataset,
-        args.batch_size,
-        sampler=sampler,
-        collate_fn=partial(collate, pad_token_id=pad_token_id),
-        num_workers=args.num_workers,
-    )
-    batches_per_epoch = len(sampler) // args.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError("the dataset yields no batch")
-    total_steps = args.max_steps or math.ceil(args.epochs * batches_per_epoch / args.grad_accum)
-    scheduler = build_scheduler(optimizer, stage, total_steps)
-    module, optimizer, scheduler = accelerator.prepare(
-        StageModule(model, closed_set=stage.closed_set), optimizer, scheduler
-    )
-    criterion = SegmentationCriterion(num_points=args.num_points, class_weight=args.class_weight)
+    session = _Session(args, stage, accelerator, model)
+    if folder.checkpoint is not None and resume_state is not None:
+        session.restore(folder.checkpoint, resume_state)
+    _open_folder(accelerator, folder, resume_state)  # only now: everything above may still fail
     if args.log_with is not None:
-        accelerator.init_trackers("xsam", config={"stage": stage.name, "total_steps": total_steps})
-
-    step, epoch, consumed = 0, 0, 0
-    checkpoint = latest_checkpoint(output_dir) if args.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
-        sampler.load_state_dict(state["sampler"])
-        step, epoch = int(state["step"]), int(state["sampler"]["epoch"])
-        consumed = int(state["sampler"]["position"]) // args.batch_size
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
-
-    progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_local_main_process)
-    run_log = _RunLog(accelerator, output_dir / LOG_FILE, args.log_every, progress)
-    window: dict[str, list] = {"sources": [], "logs": []}
-    last_saved = step if checkpoint is not None else -1
-    grad_norm = None
-
-    def save() -> None:
-        sampler_state = sampler.state_dict(consumed=consumed * args.batch_size)
-        save_checkpoint(accelerator, output_dir, {"step": step, "sampler": sampler_state})
-
-    while step < total_steps:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            consumed += 1
-            batch = batch.to(accelerator.device)
-            with accelerator.accumulate(module):
-                loss, logs = compute_loss(module, batch, stage, criterion, accelerator=accelerator)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and stage.grad_clip is not None:
-                    grad_norm = float(accelerator.clip_grad_norm_(module.parameters(), stage.grad_clip))
-                optimizer.step()
-                optimizer.zero_grad()
-            window["sources"].append(batch.source)
-            window["logs"].append(logs)
-            if not accelerator.sync_gradients:
-                continue
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            progress.update(1)
-            samples = args.batch_size * len(window["logs"])
-            run_log.step(step, epoch, lr, grad_norm, window, samples)
-            window = {"sources": [], "logs": []}
-            if args.save_every and step % args.save_every == 0:
-                save()
-                last_saved = step
-            if step >= total_steps:
-                break
-        else:
-            epoch, consumed = epoch + 1, 0
-    if last_saved != step:
-        save()
-    progress.close()
-    return _finish(accelerator, module, output_dir, args.init)
+        accelerator.init_trackers("xsam", config={"stage": stage.name, "total_steps": session.total_steps})
+    session.run()
+    return session.finish()

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from xsam.data.formats.json_fields import load_json
-from xsam.processing import encode_rle
+from xsam.processing import decode_rle, encode_rle
 
 PathLike = str | os.PathLike
 STAT_NAMES = ("ap", "ap50", "ap75", "aps", "apm", "apl")
@@ -46,6 +46,7 @@ def segmentation_rle(segmentation: Any, height: int | None, width: int | None) -
     if isinstance(segmentation, Mapping):
         if "counts" not in segmentation or "size" not in segmentation:
             raise ValueError("an RLE segmentation needs 'counts' and 'size'")
+        decode_rle(segmentation)  # checks that the counts describe a mask of its size
         if isinstance(segmentation["counts"], list):
             rle_height, rle_width = segmentation["size"]
             return mask_utils.frPyObjects(dict(segmentation), rle_height, rle_width)
@@ -187,7 +188,12 @@ class MaskAPMetric:
         uncompressed-RLE segmentations are converted to compressed RLE. ``score`` may be left out in
         ``single_category`` mode, which ignores it.
         """
-        converted = [self._converted_result(result) for result in results]
+        converted = []
+        for index, result in enumerate(results):
+            try:
+                converted.append(self._converted_result(result))
+            except (ValueError, TypeError, KeyError) as error:
+                raise ValueError(f"result {index}: {error}") from None
         self.predictions.extend(converted)
         self.evaluated_image_ids.update(result["image_id"] for result in converted)
 
@@ -344,7 +350,10 @@ def score_instance_files(
     results = load_json(pred_json)
     if not isinstance(results, list):
         raise ValueError(f"predictions file {pred_json} must hold a list of COCO results")
-    metric.add_results(results)
+    try:
+        metric.add_results(results)
+    except ValueError as error:
+        raise ValueError(f"{pred_json}: {error}") from None
     if image_ids == "all":
         metric.evaluated_image_ids.update(metric.image_ids)
     return metric.compute()

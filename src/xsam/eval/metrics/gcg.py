@@ -189,7 +189,11 @@ def score_gcg_files(
         raise ValueError(f"{pred_json}: ground-truth images without a prediction: {preview(missing)}")
     for prediction in predictions:
         image_id = prediction["image_id"]
-        metric.update(image_id, prediction["caption"], _decode_masks(metric, image_id, prediction["masks"]))
+        try:
+            masks = _decode_masks(metric, image_id, prediction["masks"])
+        except ValueError as error:
+            raise ValueError(f"{pred_json}: image {image_id!r}: {error}") from None
+        metric.update(image_id, prediction["caption"], masks)
     return metric.compute()
 
 
