@@ -104,6 +104,18 @@ def test_the_ground_floor_imports_only_the_config():
     assert all(imported == "config" for source, imported, _ in _edges() if source in ground), wrong
 
 
+def test_the_faces_sit_on_the_predictor_and_the_task_table_only():
+    """The server and the demo answer through ``XSamPredictor`` and the task table, never the model's
+    or the data's internals (the ground floor is everyone's)."""
+    allowed = {"config", "processing", "tokens", "tasks", "inference"}
+    wrong = [
+        f"{where}: {source} imports {imported}"
+        for source, imported, where in _edges()
+        if source in ("serve", "demo") and imported not in allowed
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_walk_sees_relative_lazy_and_type_checking_imports(tmp_path):
     """The checker itself: an import written in each style is found and resolved."""
     probe = tmp_path / "probe.py"
