@@ -94,6 +94,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="score threshold (default: the task's demo setting)")
     parser.add_argument("--max-new-tokens", type=positive, default=512, help="generation budget (gcg, chat)")
     parser.add_argument("--out", default="xsam-predictions", metavar="DIR", help="output folder")
+    parser.add_argument("--no-scores", action="store_true", help="label overlay masks without their scores")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype")
     parser.add_argument(
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"{path.name}: {error}")
             print(f"skipped {path.name}: {error}", file=sys.stderr)
             continue
-        _write(out, names[path], predictor, prediction, {"image": str(path)}, path.stem)
+        _write(out, names[path], predictor, prediction, {"image": str(path)}, path.stem, not args.no_scores)
         summary = prediction.text if prediction.text else f"{len(prediction.masks)} masks"
         print(f"{path.name}: {summary} -> {out / names[path]}.{{png,json}}")
     if failures:
@@ -195,12 +196,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(out: Path, name: str, predictor: Any, prediction: Any, header: dict, image_id: str) -> Any:
+def _write(
+    out: Path, name: str, predictor: Any, prediction: Any, header: dict, image_id: str, scores: bool
+) -> Any:
     """The overlay PNG and the JSON of one prediction, each written atomically; returns the overlay."""
     from ..inference.visualize import overlay
     from ..processing import png_bytes, write_atomically
 
-    drawn = overlay(predictor.image, prediction)
+    drawn = overlay(predictor.image, prediction, scores=scores)
     write_atomically(out / f"{name}.png", png_bytes(drawn))
     record = {**header, **prediction.to_dict(image_id=image_id)}
     write_atomically(out / f"{name}.json", json.dumps(record, indent=1))
@@ -224,9 +227,8 @@ def _run_examples(args: argparse.Namespace) -> int:
             prediction = predictor.predict(**request)
             name = f"{path.stem}_{request['task']}"
             header = {"image": example["image"], "request": request}
-            panels.append(
-                (_example_title(request), _write(out, name, predictor, prediction, header, path.stem))
-            )
+            drawn = _write(out, name, predictor, prediction, header, path.stem, not args.no_scores)
+            panels.append((_example_title(request), drawn))
             summary = prediction.text if prediction.text else f"{len(prediction.masks)} masks"
             print(f"{name}: {summary}")
     write_atomically(out / "examples.png", png_bytes(contact_sheet(panels)))
