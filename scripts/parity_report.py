@@ -32,6 +32,12 @@ are compared exactly (uint8 pixels; the SAM views' recorded float row/column sum
 integer intensity sums). Post-processed maps must be equal except at pixels whose decision is within
 1e-4 of a threshold (counted below).
 
+Image resizing runs Pillow's separable filters one axis at a time in a fixed order
+(`xsam.processing.resize_image`): vertical first when the height shrinks by more than twice as many
+pixels as the width, else horizontal first. That is Pillow 13's order, which the fixtures follow (for
+the training SigLIP view of the portrait photo, Pillow 12's always-horizontal-first order differs at
+74,305 of its 442,368 values, by up to 7 levels); older Pillow versions give the same views through it.
+
 ## Borderline masked-attention decisions
 
 Masked attention lets query q see position p of a feature level when sigmoid(r) ≥ 0.5, r being the

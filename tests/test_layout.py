@@ -116,6 +116,12 @@ def test_the_faces_sit_on_the_predictor_and_the_task_table_only():
     assert not wrong, "\n".join(wrong)
 
 
+def test_test_modules_have_unique_names():
+    """pytest imports test files by their base name (no packages here): two alike would not collect."""
+    names = [path.name for path in (PACKAGE.parents[1] / "tests").rglob("test_*.py")]
+    assert not sorted({name for name in names if names.count(name) > 1})
+
+
 def test_the_walk_sees_relative_lazy_and_type_checking_imports(tmp_path):
     """The checker itself: an import written in each style is found and resolved."""
     probe = tmp_path / "probe.py"

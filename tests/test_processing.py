@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +22,7 @@ from xsam.processing import (
     preprocess_masks,
     preprocess_sam,
     preprocess_siglip,
+    resize_image,
     sam_scaled_size,
     scribble_mask,
     siglip_pixels_uint8,
@@ -364,3 +366,30 @@ def test_load_image_from_arrays(shape):
 def test_load_image_rejects_bad_inputs(image, error, message):
     with pytest.raises(error, match=message):
         load_image(image)
+
+
+@pytest.mark.parametrize(
+    "size_in, size_out, vertical_first",
+    [
+        ((360, 512), (384, 384), True),  # taller than wide, squashed: the height shrinks more
+        ((400, 600), (384, 384), True),
+        ((500, 701), (400, 500), True),  # 201 rows less > 2 x 100 columns less
+        ((500, 700), (400, 500), False),  # 200 rows: not more than twice 100
+        ((512, 360), (384, 384), False),
+        ((132, 230), (211, 335), False),  # both grow: horizontal first
+    ],
+)
+def test_resize_runs_its_passes_in_pillow_13s_order(size_in, size_out, vertical_first):
+    """Two passes, each rounded to 8 bits: their order shows. resize_image fixes it to Pillow 13's,
+    so the SigLIP view of a portrait photo is the same under any installed Pillow."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size_in[1], size_in[0], 3), dtype=np.uint8)
+    image, bicubic = Image.fromarray(pixels), Image.Resampling.BICUBIC
+    width, height = size_out
+    first = (size_in[0], height) if vertical_first else (width, size_in[1])
+    expected = np.asarray(image.resize(first, bicubic).resize(size_out, bicubic))
+    ours = np.asarray(resize_image(image, size_out, bicubic))
+    np.testing.assert_array_equal(ours, expected)
+    other = (width, size_in[1]) if vertical_first else (size_in[0], height)
+    assert (np.asarray(image.resize(other, bicubic).resize(size_out, bicubic)) != ours).any()
+    if int(PIL.__version__.split(".")[0]) >= 13:
+        np.testing.assert_array_equal(ours, np.asarray(image.resize(size_out, bicubic)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 
 from xsam.cli import main as xsam_main
+from xsam.data.synthetic.scene import SHAPES, STUFF
+from xsam.inference.predictor import VOCABULARY_FILE
 from xsam.modeling.xsam import XSamModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +44,9 @@ def package(work: Path) -> Path:
     state = {k: v for k, v in trained.state_dict().items() if not k.startswith("closed_set_head.")}
     model.load_state_dict(state, strict=True)
     model.to(torch.float16).save_pretrained(TARGET)
+    # the categories it knows, offered by the demo's category helper
+    vocabulary = {"ins": list(SHAPES), "sem": list(STUFF)}
+    (TARGET / VOCABULARY_FILE).write_text(json.dumps(vocabulary, indent=1) + "\n")
     size = sum(path.stat().st_size for path in TARGET.iterdir())
     if size > MAX_BYTES:
         raise SystemExit(f"{TARGET} is {size / 2**20:.1f} MiB, over the 50 MiB budget")

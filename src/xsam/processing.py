@@ -288,6 +288,36 @@ def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     return square
 
 
+_SEPARABLE = frozenset(
+    {
+        Image.Resampling.BOX,
+        Image.Resampling.BILINEAR,
+        Image.Resampling.HAMMING,
+        Image.Resampling.BICUBIC,
+        Image.Resampling.LANCZOS,
+    }
+)
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], resample: int) -> Image.Image:
+    """``image.resize(size, resample)``, the same with every Pillow version.
+
+    Pillow applies its convolution filters as two passes, one per axis, each rounding to 8 bits, so the
+    order of the passes shows in the result (up to ~20 levels at fine detail). Pillow 13 runs the
+    vertical pass first when the height shrinks, by more than twice as many pixels as the width does;
+    older Pillow always runs the horizontal pass first. The official implementation's fixtures follow
+    Pillow 13, so this runs the passes one at a time in that order, whatever Pillow is installed
+    (``size`` is ``(width, height)``).
+    """
+    width, height = size
+    filter_ = _resample_filter(resample)
+    if filter_ not in _SEPARABLE or width == image.width or height == image.height:
+        return image.resize(size, resample=filter_)  # one pass at most: no order to choose
+    if image.height > height and image.height - height > 2 * (image.width - width):
+        return image.resize((image.width, height), resample=filter_).resize(size, resample=filter_)
+    return image.resize((width, image.height), resample=filter_).resize(size, resample=filter_)
+
+
 def _resample_filter(resample: int) -> Image.Resampling:
     try:
         return Image.Resampling(resample)
@@ -337,7 +367,7 @@ def siglip_pixels_uint8(
     if config.pad_to_square if pad_to_square is None else pad_to_square:
         rgb = expand_to_square(rgb, mean_fill_colour(config.image_mean))
     size = config.image_size
-    resized = rgb.resize((size, size), resample=_resample_filter(config.resample))
+    resized = resize_image(rgb, (size, size), config.resample)
     return image_to_uint8_tensor(resized)
 
 
@@ -424,7 +454,7 @@ def preprocess_sam(image: ImageLike, config: SegmentationEncoderConfig) -> SamIn
     rgb = load_image(image)
     frame = Frame.for_image((rgb.height, rgb.width), config.image_size)
     height, width = frame.scaled_size
-    resized = rgb.resize((width, height), resample=_resample_filter(config.resample))
+    resized = resize_image(rgb, (width, height), config.resample)
     pixels = rescale_and_normalise(image_to_uint8_tensor(resized), config.image_mean, config.image_std)
     return SamInput(pixel_values=pad_bottom_right(pixels, config.image_size, 0), frame=frame)
 
@@ -750,3 +780,51 @@ def scribble_mask(
     if len(vertices) == 0:
         raise ValueError("polyline is empty; give at least one (x, y) vertex")
     return _stamp_disks(size_hw, _polyline_pixels(vertices), _check_radius(radius))
+
+
+# --------------------------------------------------------------------------------------- outlines
+# The 8 neighbours as (row step, column step), clockwise on screen starting east: a boundary walk
+# that scans them in this order keeps the region on its right-hand side.
+_NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
+_NEIGHBOUR_INDEX = {step: index for index, step in enumerate(_NEIGHBOURS)}
+_WEST = 4
+
+
+def trace_outline(mask: np.ndarray, start: tuple[int, int]) -> list[tuple[int, int]]:
+    """The outer boundary pixels ``(row, col)`` of the 8-connected component holding ``start``, in
+    clockwise order (Moore-neighbour tracing). ``start`` must be the component's first pixel in raster
+    order, so that its west neighbour is background."""
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    row, col = start[0] + 1, start[1] + 1
+    back, outline, first_step = _WEST, [(row - 1, col - 1)], None
+    while True:
+        for turn in range(1, 9):
+            step = _NEIGHBOURS[(back + turn) % 8]
+            if padded[row + step[0], col + step[1]]:
+                break
+        else:
+            return outline  # an isolated pixel
+        behind = _NEIGHBOURS[(back + turn - 1) % 8]
+        next_row, next_col = row + step[0], col + step[1]
+        if first_step is None:
+            first_step = (row, col, next_row, next_col)
+        elif (row, col, next_row, next_col) == first_step:
+            return outline[:-1]  # back at the start, about to repeat the first step
+        # the last background neighbour scanned, seen from the pixel we move to
+        back = _NEIGHBOUR_INDEX[(row + behind[0] - next_row, col + behind[1] - next_col)]
+        row, col = next_row, next_col
+        outline.append((row - 1, col - 1))
+
+
+def drop_collinear(outline: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The outline without the pixels where it goes straight on (the polygon is unchanged)."""
+    if len(outline) < 3:
+        return outline
+    kept = []
+    for index, here in enumerate(outline):
+        before, after = outline[index - 1], outline[(index + 1) % len(outline)]
+        incoming = (here[0] - before[0], here[1] - before[1])
+        outgoing = (after[0] - here[0], after[1] - here[1])
+        if incoming != outgoing:
+            kept.append(here)
+    return kept

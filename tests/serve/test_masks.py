@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from serving import decode_brush
+from serving import decode_brush, label_studio_decoder
 from xsam.processing import encode_rle
 from xsam.serve.masks import (
     bounding_box,
@@ -86,10 +86,7 @@ def test_brush_rle_splits_runs_longer_than_its_widest_length_field():
 
 
 def test_brush_rle_matches_the_label_studio_sdk_on_random_masks():
-    brush = pytest.importorskip(
-        "label_studio_sdk.converter.brush",
-        reason="Label Studio's own decoder cross-check: pip install --no-deps label-studio-sdk==2.1.2",
-    )
+    brush = label_studio_decoder()
     rng = np.random.default_rng(3)
     for height, width in ((1, 1), (7, 13), (256, 256), (300, 300)):
         mask = rng.random((height, width)) < 0.3

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from serving import EXAMPLE_IMAGE, base64_of, decode_brush
+from serving import EXAMPLE_IMAGE, base64_of, decode_brush, label_studio_decoder
 from xsam.processing import decode_rle
 from xsam.serve.masks import polygons_to_mask
 
@@ -227,10 +227,7 @@ def test_label_studio_keypoint_brush_rle_is_exactly_the_native_mask(default_clie
 
 
 def test_label_studio_brush_rle_decodes_exactly_with_the_sdk(default_client):
-    brush = pytest.importorskip(
-        "label_studio_sdk.converter.brush",
-        reason="Label Studio's own decoder cross-check: pip install --no-deps label-studio-sdk==2.1.2",
-    )
+    brush = label_studio_decoder()
     result = ls_predict(default_client, keypoint_context(*HEXAGON))
     (item,) = result["result"]
     (expected,) = native_masks(default_client, task="interactive", points=[HEXAGON])

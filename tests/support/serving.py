@@ -2,9 +2,11 @@
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import xsam
@@ -43,3 +45,16 @@ def decode_brush(rle: list[int]) -> np.ndarray:
         length = read(size) + 1
         values += [read(word)] * length if repeated else [read(word) for _ in range(length)]
     return np.array(values, dtype=np.uint8)
+
+
+def label_studio_decoder():
+    """``label_studio_sdk.converter.brush``, Label Studio's own brush-RLE codec; the test skips without
+    it, except in CI (``XSAM_CI=1``), which installs it (``pip install --no-deps label-studio-sdk``)."""
+    if os.environ.get("XSAM_CI"):
+        from label_studio_sdk.converter import brush
+
+        return brush
+    return pytest.importorskip(
+        "label_studio_sdk.converter.brush",
+        reason="Label Studio's own decoder cross-check: pip install --no-deps label-studio-sdk==2.1.2",
+    )

@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import convert, describe, predict, score, serve, synth, train
+from . import convert, demo, describe, predict, score, serve, synth, train
 from . import eval as evaluate
 
-VERBS = (describe, convert, predict, train, evaluate, score, synth, serve)
+VERBS = (describe, convert, predict, train, evaluate, score, synth, serve, demo)
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ValueError,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,3 +118,36 @@ class LazyHelpFormatter(argparse.RawDescriptionHelpFormatter):
 
             text = text.replace(SCORE_NAMES, ", ".join(score_names()))
         return super()._fill_text(text, width, indent)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound, listening socket on ``host:port``; a clear error when the address cannot be had."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return listener
+
+
+def add_face_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    """The flags every face that serves a model shares: which model, where it runs, where it listens,
+    and the largest image it takes."""
+    parser.add_argument(
+        "--model", default="default", metavar="DIR", help="a model directory (default: bundled)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    parser.add_argument("--port", type=positive, default=port, help=f"port to listen on (default: {port})")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype")
+    parser.add_argument(
+        "--max-image-pixels", type=positive, default=64_000_000, metavar="N", help="refuse larger images"
+    )
+
+
+def model_name(model: str) -> str:
+    """How a face names the model of ``--model``: ``default`` or the folder's name."""
+    return "default" if model == "default" else Path(model).name

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 
-from .common import DTYPES, load_model, positive, positive_float
+from .common import add_face_arguments, listen, load_model, model_name, positive, positive_float
 
 DEFAULT_PORT = 8000
 
@@ -21,18 +20,9 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "backend under /label-studio. Needs the serve extra: pip install 'xsam-torch[serve]'."
         ),
     )
-    parser.add_argument(
-        "--model", default="default", metavar="DIR", help="a model directory (default: bundled)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    parser.add_argument("--port", type=positive, default=DEFAULT_PORT)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype")
+    add_face_arguments(parser, DEFAULT_PORT)
     parser.add_argument(
         "--api-key", metavar="KEY", help="require this key on every route but the health checks and the docs"
-    )
-    parser.add_argument(
-        "--max-image-pixels", type=positive, default=64_000_000, metavar="N", help="refuse larger images"
     )
     parser.add_argument(
         "--max-body-bytes", type=positive, default=32 * 1024 * 1024, metavar="N", help="refuse larger bodies"
@@ -79,24 +69,11 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         files_root=files_root,
     )
-    listener = _listen(args.host, args.port)  # before loading: a taken port fails at once
+    listener = listen(args.host, args.port)  # before loading: a taken port fails at once
     predictor = XSamPredictor(load_model(args.model, args.dtype, args.device))
-    model_id = "default" if args.model == "default" else Path(args.model).name
+    model_id = model_name(args.model)
     app = create_app(XSamService(predictor, settings, model_id))
     print(f"xsam serve: {model_id} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     server.run(sockets=[listener])
     return 0
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A bound, listening socket on ``host:port``; a clear error when the address cannot be had."""
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host, port))
-        listener.listen(2048)
-    except OSError as error:
-        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    return listener

@@ -35,6 +35,7 @@ from ..processing import (
     preprocess_sam,
     preprocess_siglip,
     rescale_and_normalise,
+    resize_image,
     sam_scaled_size,
 )
 from ..tasks.base import Draft, DraftOptions, TaskHandler
@@ -188,7 +189,7 @@ def scale_jitter(
     height, width = sam_scaled_size((image.height, image.width), max(1, int(target_size * scale + 0.5)))
     top, left = max(height - target_size, 0) // 2, max(width - target_size, 0) // 2
     box = (left, top, left + min(width, target_size), top + min(height, target_size))
-    resized = image.resize((width, height), resample=Image.Resampling(resample)).crop(box)
+    resized = resize_image(image, (width, height), resample).crop(box)
     jittered = [
         np.array(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST).crop(box))
         for mask in masks.astype(np.uint8)

@@ -13,6 +13,7 @@ prompt, builds its conversation and turns the model's output into a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ from ..tasks.routing import AUTO, route, routed_prompt
 from ..tasks.task import Task
 from ..tokens import load_tokenizer
 
+VOCABULARY_FILE = "vocabulary.json"
+"""A model directory's list of the categories it was trained on (``{"ins": [...], "sem": [...]}``)."""
+
 ImageLike = str | Path | Image.Image | np.ndarray
 
 
@@ -69,6 +73,10 @@ class ImageEncoding:
                     t for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None
                 ]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+class ContextOverflowError(ValueError):
+    """A prompt (with its chat history) that does not fit the language model's context."""
 
 
 class BatchPredictionError(ValueError):
@@ -133,6 +141,31 @@ class XSamPredictor:
         self._chat_history: list[Turn] = []
 
     # -------------------------------------------------------------------------------------- image
+    @property
+    def vocabulary(self) -> dict[str, list[str]] | None:
+        """The categories the model was trained on, ``{"ins": [things], "sem": [stuff]}``, when its
+        directory lists them in ``vocabulary.json``; None otherwise.
+
+        Raises:
+            ValueError: the file is not such a mapping (the message names it).
+        """
+        if self.model.name_or_path is None:
+            return None
+        path = Path(self.model.name_or_path) / VOCABULARY_FILE
+        if not path.is_file():
+            return None
+        try:
+            listing = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not readable JSON ({error})") from None
+        if not (
+            isinstance(listing, dict)
+            and set(listing) <= {"ins", "sem"}
+            and all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in listing.values())
+        ):
+            raise ValueError(f'{path} must map "ins" and "sem" to lists of category names')
+        return {kind: list(listing.get(kind, [])) for kind in ("ins", "sem")}
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -330,14 +363,14 @@ class XSamPredictor:
         """Positions left in the LLM's context after the image's tokens and the prompt.
 
         Raises:
-            ValueError: the prompt does not fit (a generated answer needs room for one token).
+            ContextOverflowError: the prompt does not fit (a generated answer needs room for one token).
         """
         config = self.model.config
         context = int(config.language_model.hf_config.get("max_position_embeddings", 4096))
         image_tokens = config.num_image_tokens
         needed = prompt_tokens - 1 + image_tokens  # the <image> placeholder becomes the image's tokens
         if needed + int(generates) > context:
-            raise ValueError(
+            raise ContextOverflowError(
                 f"the prompt is too long: {prompt_tokens - 1} text tokens beside the image's {image_tokens} "
                 f"tokens need {needed} positions{' and one to answer' if generates else ''}; "
                 f"the language model has {context}"

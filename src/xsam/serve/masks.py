@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..processing import ImageError, decode_rle, encode_rle, load_image, png_bytes
-
-# Moore neighbourhood, clockwise from west in (row, column) steps (rows grow downwards).
-_NEIGHBOURS = ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1))
+from ..processing import (
+    ImageError,
+    decode_rle,
+    drop_collinear,
+    encode_rle,
+    load_image,
+    png_bytes,
+    trace_outline,
+)
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -113,63 +118,14 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[list[float]]]:
     labels, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3)))
     polygons = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        part = np.pad(labels[box] == index, 1)
-        points = _trace(part)
-        if len(points) >= 3:
-            offset = np.array([box[1].start - 1, box[0].start - 1])
-            polygons.append((int(part.sum()), (np.array(points)[:, ::-1] + offset).astype(float).tolist()))
+        part = labels[box] == index
+        outline = trace_outline(part, divmod(int(np.flatnonzero(part)[0]), part.shape[1]))
+        corners = drop_collinear(outline)
+        corners = corners if len(corners) >= 3 else outline  # a one-pixel-wide line keeps its pixels
+        if len(corners) >= 3:
+            points = np.array(corners)[:, ::-1] + (box[1].start, box[0].start)
+            polygons.append((int(part.sum()), points.astype(float).tolist()))
     return [points for _, points in sorted(polygons, key=lambda item: -item[0])]
-
-
-def _trace(part: np.ndarray) -> list[tuple[int, int]]:
-    """Moore-neighbour tracing of a padded single part from its first pixel in raster order (whose
-    west neighbour is outside); stops when the first step repeats. Returns ``(row, column)`` corners."""
-    start = tuple(int(v) for v in np.argwhere(part)[0])
-    direction_of = {step: index for index, step in enumerate(_NEIGHBOURS)}
-    current, backtrack = start, (start[0], start[1] - 1)
-    chain, first_step = [start], None
-    for _ in range(4 * part.size):  # a boundary visits each pixel at most four times
-        step = _next_boundary_pixel(part, current, backtrack, direction_of)
-        if step is None:
-            return chain  # a single pixel
-        following, backtrack = step
-        if first_step is None:
-            first_step = following
-        elif current == start and following == first_step:
-            break
-        current = following
-        chain.append(current)
-    chain = chain[:-1] if chain[-1] == start else chain
-    corners = _corners(chain)
-    return corners if len(corners) >= 3 else chain  # a one-pixel-wide line keeps its pixels
-
-
-def _next_boundary_pixel(
-    part: np.ndarray, current: tuple[int, int], backtrack: tuple[int, int], direction_of: dict
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The first part pixel clockwise around ``current`` after ``backtrack``, and the (outside) pixel
-    scanned just before it, which becomes the next backtrack."""
-    first = direction_of[(backtrack[0] - current[0], backtrack[1] - current[1])]
-    previous = backtrack
-    for turn in range(1, 9):
-        row, column = _NEIGHBOURS[(first + turn) % 8]
-        candidate = (current[0] + row, current[1] + column)
-        if part[candidate]:
-            return candidate, previous
-        previous = candidate
-    return None
-
-
-def _corners(chain: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Drop the points inside straight runs of a closed chain."""
-    if len(chain) < 3:
-        return chain
-    kept = []
-    for index, point in enumerate(chain):
-        before, after = chain[index - 1], chain[(index + 1) % len(chain)]
-        if (point[0] - before[0], point[1] - before[1]) != (after[0] - point[0], after[1] - point[1]):
-            kept.append(point)
-    return kept
 
 
 def polygons_to_mask(polygons: list[list[list[float]]], size_hw: tuple[int, int]) -> np.ndarray:

@@ -11,13 +11,8 @@ import math
 
 import numpy as np
 
+from ...processing import drop_collinear, trace_outline
 from ..formats.visual_prompts import box_slices, dilate_whole
-
-# The 8 neighbours as (row step, column step), clockwise on screen starting east: a boundary walk
-# that scans them in this order keeps the region on its right-hand side.
-_NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
-_NEIGHBOUR_INDEX = {step: index for index, step in enumerate(_NEIGHBOURS)}
-_WEST = 4
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
@@ -63,46 +58,6 @@ def has_holes(mask: np.ndarray) -> bool:
         reached = grown
 
 
-def trace_outline(mask: np.ndarray, start: tuple[int, int]) -> list[tuple[int, int]]:
-    """The outer boundary pixels ``(row, col)`` of the 8-connected component holding ``start``, in
-    clockwise order (Moore-neighbour tracing). ``start`` must be the component's first pixel in raster
-    order, so that its west neighbour is background."""
-    padded = np.pad(np.asarray(mask, dtype=bool), 1)
-    row, col = start[0] + 1, start[1] + 1
-    back, outline, first_step = _WEST, [(row - 1, col - 1)], None
-    while True:
-        for turn in range(1, 9):
-            step = _NEIGHBOURS[(back + turn) % 8]
-            if padded[row + step[0], col + step[1]]:
-                break
-        else:
-            return outline  # an isolated pixel
-        behind = _NEIGHBOURS[(back + turn - 1) % 8]
-        next_row, next_col = row + step[0], col + step[1]
-        if first_step is None:
-            first_step = (row, col, next_row, next_col)
-        elif (row, col, next_row, next_col) == first_step:
-            return outline[:-1]  # back at the start, about to repeat the first step
-        # the last background neighbour scanned, seen from the pixel we move to
-        back = _NEIGHBOUR_INDEX[(row + behind[0] - next_row, col + behind[1] - next_col)]
-        row, col = next_row, next_col
-        outline.append((row - 1, col - 1))
-
-
-def _drop_collinear(outline: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The outline without the pixels where it goes straight on (the polygon is unchanged)."""
-    if len(outline) < 3:
-        return outline
-    kept = []
-    for index, here in enumerate(outline):
-        before, after = outline[index - 1], outline[(index + 1) % len(outline)]
-        incoming = (here[0] - before[0], here[1] - before[1])
-        outgoing = (after[0] - here[0], after[1] - here[1])
-        if incoming != outgoing:
-            kept.append(here)
-    return kept
-
-
 def outline_polygons(mask: np.ndarray) -> list[list[list[int]]]:
     """One polygon ``[[x, y], ...]`` (vertices at pixel centres) per 8-connected component of a
     hole-free mask, in raster order of the components' first pixels.
@@ -119,7 +74,7 @@ def outline_polygons(mask: np.ndarray) -> list[list[list[int]]]:
     while remaining.any():
         start = divmod(int(np.flatnonzero(remaining)[0]), width)
         outline = trace_outline(remaining, start)
-        vertices = _drop_collinear(outline)
+        vertices = drop_collinear(outline)
         if len(vertices) < 3:  # a straight line of pixels: keep every pixel so it still draws itself
             vertices = outline
         points = [[col, row] for row, col in vertices]
