@@ -99,9 +99,8 @@ def test_categories_remove_drawings_and_segment(client):
     assert client.predict(api_name="/categories").startswith("ins: circle")
     cleared = client.predict(editor(layers=[EXAMPLE_IMAGE]), api_name="/remove_drawings")
     assert cleared["layers"] == [] and cleared["background"]
-    result = client.predict(
-        str(EXAMPLE_IMAGE), "interactive", "", json.dumps([HEXAGON]), "", 0.5, api_name="/segment"
-    )
+    image, points = handle_file(str(EXAMPLE_IMAGE)), json.dumps([HEXAGON])
+    result = client.predict(image, "interactive", "", points, "", 0.5, api_name="/segment")
     assert result["task"] == "interactive" and len(result["annotations"]) == 1
 
 
@@ -111,4 +110,6 @@ def test_errors_reach_the_client_as_messages(client):
     with pytest.raises(AppError, match="upload an image first"):
         client.predict(None, "referring", "x", "points", 0.5, True, api_name="/run")
     with pytest.raises(AppError, match="JSON"):
-        client.predict(str(EXAMPLE_IMAGE), "interactive", "", "[[1, 2", "", 0.5, api_name="/segment")
+        client.predict(
+            handle_file(str(EXAMPLE_IMAGE)), "interactive", "", "[[1, 2", "", 0.5, api_name="/segment"
+        )

@@ -8,8 +8,8 @@ Endpoints: ``/run`` (the Run button: image and drawings, task, prompt, drawing k
 an image file and JSON points or boxes, no drawing).
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: Gradio reads the /segment endpoint's type hints at run
+# time (its FileData image is what makes gradio_client upload the file)
 import json
 import logging
 import shutil
@@ -20,6 +20,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio import FileData
 from PIL import Image, ImageDraw
 
 from ..processing import png_bytes, write_atomically
@@ -229,16 +230,17 @@ def _wire(
     )
 
     def segment(
-        image: str,
+        image: FileData,
         task: str = AUTO,
         text: str = "",
         points: str = "",
         boxes: str = "",
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
     ) -> dict[str, Any]:
-        """For scripts: one image file and JSON ``points`` ``[[x, y], ...]`` or ``boxes``
-        ``[[x0, y0, x1, y1], ...]``; returns the prediction with COCO RLE masks."""
-        return _segment(demo, image, task, text, points, boxes, threshold)
+        """For scripts: one image file (``handle_file(path)``: the client uploads it) and JSON
+        ``points`` ``[[x, y], ...]`` or ``boxes`` ``[[x0, y0, x1, y1], ...]``; returns the prediction
+        with COCO RLE masks."""
+        return _segment(demo, image["path"], task, text, points, boxes, threshold)
 
     gr.api(segment, api_name="segment")
 
