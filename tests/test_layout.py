@@ -116,6 +116,16 @@ def test_the_faces_sit_on_the_predictor_and_the_task_table_only():
     assert not wrong, "\n".join(wrong)
 
 
+def test_command_modules_stay_short():
+    """One module per verb, each under 300 lines: a verb's logic lives in the library, not the CLI."""
+    long = {
+        path.name: n
+        for path in (PACKAGE / "cli").glob("*.py")
+        if (n := len(path.read_text().splitlines())) > 300
+    }
+    assert not long, f"cli modules over 300 lines: {long}"
+
+
 def test_test_modules_have_unique_names():
     """pytest imports test files by their base name (no packages here): two alike would not collect."""
     names = [path.name for path in (PACKAGE.parents[1] / "tests").rglob("test_*.py")]

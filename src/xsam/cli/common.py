@@ -15,15 +15,24 @@ if TYPE_CHECKING:
 DTYPES = ("fp32", "bf16")
 
 
-def positive(text: str) -> int:
-    """An integer >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def integer_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``minimum..maximum`` (no upper bound when None)."""
+    wanted = f"an integer >= {minimum}" if maximum is None else f"{minimum} <= N <= {maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive = integer_in(1)
+"""An integer >= 1 (argparse type)."""
 
 
 def positive_float(text: str) -> float:

@@ -6,32 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..config import PRESETS
-from .common import DATA_FORMATS, LazyHelpFormatter, key_values, positive, positive_float
+from .common import DATA_FORMATS, LazyHelpFormatter, integer_in, key_values, positive, positive_float
 
 STAGES = ("seg_finetune", "align_pretrain", "mixed_finetune")
 MAX_SEED = 2**32 - 1  # NumPy's global seed (set by accelerate's set_seed) takes 32 bits
-
-
-def _seed(text: str) -> int:
-    """An integer in 0..2**32-1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected 0 <= SEED <= {MAX_SEED}, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    """An integer >= 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _scale_range(text: str) -> tuple[float, float] | tuple[()]:
@@ -131,10 +109,14 @@ def _add_loop_options(parser: argparse.ArgumentParser) -> None:
         "--log-every", type=positive, default=10, metavar="N", help="console logging period in steps"
     )
     parser.add_argument(
-        "--seed", type=_seed, default=0, metavar="S", help="model init, data order and sampling (0..2^32-1)"
+        "--seed",
+        type=integer_in(0, MAX_SEED),
+        default=0,
+        metavar="S",
+        help="model init, data order and sampling (0..2^32-1)",
     )
     parser.add_argument(
-        "--num-workers", type=_non_negative, default=0, metavar="N", help="data-loader worker processes"
+        "--num-workers", type=integer_in(0), default=0, metavar="N", help="data-loader worker processes"
     )
     parser.add_argument(
         "--log-with", metavar="TRACKER", help="an Accelerate tracker (tensorboard, wandb, ...)"
@@ -238,38 +220,6 @@ def _stage(args: argparse.Namespace):
     return stage_preset(args.stage, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def _init_config_and_tokenizer(init: str | None, preset: str):
-    """The model config and tokenizer: of the --init folder when given, else of --preset.
-
-    Raises:
-        FileNotFoundError: the --init folder does not exist.
-        ValueError: its config or tokenizer cannot be read (the message names the folder).
-    """
-    from ..config import XSamConfig
-    from ..modeling.pretrained import load_config, resolve_model_directory, tokenizer_directory
-    from ..tokens import load_tokenizer
-    from ..train.loop import one_line
-
-    if init is None:
-        config = XSamConfig.preset(preset)
-        return config, load_tokenizer(None, tokens=config.tokens)
-    if not resolve_model_directory(init).is_dir():
-        raise FileNotFoundError(f"--init {init}: no such folder")
-    try:
-        config = load_config(init)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # json and config errors of a damaged file
-        raise ValueError(f"--init {init}: cannot read the model config: {one_line(error)}") from error
-    tokenizer_folder = tokenizer_directory(init)
-    try:
-        return config, load_tokenizer(tokenizer_folder, tokens=config.tokens)
-    except Exception as error:  # the tokenizers library raises bare Exceptions for damaged files
-        raise ValueError(
-            f"--init {init}: cannot read the tokenizer in {tokenizer_folder}: {one_line(error)}"
-        ) from error
-
-
 def _preset_values(args: argparse.Namespace) -> dict:
     """The loss options given on the command line (the others keep TrainArguments' defaults)."""
     given = (
@@ -283,13 +233,13 @@ def _preset_values(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..data.samples import SampleOptions
     from ..data.sources import build_mixture, parse_dataset_spec
-    from ..train.loop import TrainArguments, train
+    from ..train.loop import TrainArguments, initial_config_and_tokenizer, train
     from ..train.run_folder import plan_run_folder
 
     stage = _stage(args)
     specs = [parse_dataset_spec(text) for text in args.data]
     plan_run_folder(args.output, resume=args.resume, overwrite=args.overwrite)  # before reading any data
-    config, tokenizer = _init_config_and_tokenizer(args.init, args.preset)
+    config, tokenizer = initial_config_and_tokenizer(args.init, args.preset)
     dataset, _ = build_mixture(
         specs,
         config,

@@ -30,9 +30,9 @@ from ..data.mixture import MixtureDataset, SourceGroupedSampler
 from ..data.sources import BadSampleError, RecordDataset
 from ..distributed import finish_processes
 from ..losses.criterion import SegmentationCriterion, count_target_masks
-from ..modeling.pretrained import copy_tokenizer
+from ..modeling.pretrained import copy_tokenizer, load_config, resolve_model_directory, tokenizer_directory
 from ..modeling.xsam import XSamModel
-from ..tokens import IGNORE_INDEX
+from ..tokens import IGNORE_INDEX, load_tokenizer
 from .checkpoint import TRAINER_STATE, CheckpointError, load_checkpoint, save_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .run_folder import FINAL_DIR, LOG_FILE, RunFolder, check_run_folder, open_run_folder
@@ -243,6 +243,33 @@ def load_init_model(directory: str | Path) -> XSamModel:
         raise
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as error:
         raise ValueError(f"cannot load the model {directory}: {one_line(error)}") from error
+
+
+def initial_config_and_tokenizer(init: str | None, preset: str) -> tuple[XSamConfig, Any]:
+    """The model config and tokenizer: of the --init folder when given, else of --preset.
+
+    Raises:
+        FileNotFoundError: the --init folder does not exist.
+        ValueError: its config or tokenizer cannot be read (the message names the folder).
+    """
+    if init is None:
+        config = XSamConfig.preset(preset)
+        return config, load_tokenizer(None, tokens=config.tokens)
+    if not resolve_model_directory(init).is_dir():
+        raise FileNotFoundError(f"--init {init}: no such folder")
+    try:
+        config = load_config(init)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # json and config errors of a damaged file
+        raise ValueError(f"--init {init}: cannot read the model config: {one_line(error)}") from error
+    tokenizer_folder = tokenizer_directory(init)
+    try:
+        return config, load_tokenizer(tokenizer_folder, tokens=config.tokens)
+    except Exception as error:  # the tokenizers library raises bare Exceptions for damaged files
+        raise ValueError(
+            f"--init {init}: cannot read the tokenizer in {tokenizer_folder}: {one_line(error)}"
+        ) from error
 
 
 def one_line(error: BaseException) -> str:
